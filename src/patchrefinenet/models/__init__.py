@@ -1,0 +1,1 @@
+"""Networks: the base segmentation models (a name → constructor registry) and PRN."""
