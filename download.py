@@ -1,0 +1,14 @@
+"""Download the authors' released weights (and, with --data, the datasets) from Google Drive.
+
+Usage (from any folder):
+    python download.py                              # weights of deepglobe, DUTS and kvasir
+    python download.py --datasets kvasir --data     # kvasir weights + data.zip unpacked into data/
+    python download.py --dest /somewhere/else       # install under another root
+
+Weights land in src/<dataset>/seg-models/checkpoints/<base_model>/ and
+src/<dataset>/refine-models/checkpoints/p64/. Offline, it exits with the manual Drive links.
+"""
+from data_utils.download import main
+
+if __name__ == "__main__":
+    main()
