@@ -49,6 +49,8 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO, rank:
     logger.setLevel(level)
     logger.propagate = False
     for h in list(logger.handlers):
+        if getattr(h, "keep", False):  # a caller's own log (the demo's) survives nested commands
+            continue
         logger.removeHandler(h)
         h.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
@@ -64,6 +66,18 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO, rank:
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     return logger
+
+
+def keep_log_file(log_file: Path) -> logging.Handler:
+    """Add a file handler to the ``patchrefinenet`` logger that later :func:`setup_logging` calls keep,
+    so a driver (the demo) records the logs of every command it runs in its own file."""
+    log_file = Path(log_file)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file, mode="a")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+    handler.keep = True  # type: ignore[attr-defined]
+    logging.getLogger("patchrefinenet").addHandler(handler)
+    return handler
 
 
 def cli_entry(func: F) -> F:

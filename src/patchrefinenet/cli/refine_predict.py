@@ -1,0 +1,81 @@
+"""``src/<ds>/refine-models/predict.py``: evaluate a trained PatchRefineNet on the test maps (R §9).
+
+Writes ``logs/<aux>/<aux>_predict_log.log`` (appended; holds ``Total mIoU after Refinement = ...``),
+``logs/<aux>/<aux>_predict_metrics.json`` and, on request, masks, probabilities and a figure under
+``outputs/<aux>/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+from data_utils.errors import InputError
+from data_utils.spec import load_dataset_spec
+from patchrefinenet.cli.common import cli_entry, dataset_dir_from_script, setup_logging, str2bool
+from patchrefinenet.cli.refine_train import refine_parser, resolve_refine_script
+
+# The engine (torch) is imported in main(), after parsing, so that --help answers at once.
+_COMBINE_MODES = ("upstream", "global", "local")  # = patchrefinenet.refine.predict.COMBINE_MODES
+
+_EXAMPLES = """examples:
+  python src/{ds}/refine-models/predict.py --base_model {m} --aux_model p64 --checkpoint True
+  python src/{ds}/refine-models/predict.py --aux_model p64 --checkpoint True --batch_stats True   # authors' BN
+  python src/{ds}/refine-models/predict.py --aux_model p64 --checkpoint_path p64_weights.th --save_masks True
+  python src/{ds}/refine-models/predict.py --aux_model p64 --checkpoint True --combine global --figure 8
+
+--batch_stats True reproduces the authors' numbers (their predict.py never called model.eval(),
+so BatchNorm used per-image / per-patch statistics); the default uses running statistics.
+"""
+
+
+def _parser(script_file: str) -> argparse.ArgumentParser:
+    ds_dir = dataset_dir_from_script(script_file)
+    try:
+        model = load_dataset_spec(ds_dir / "dataset.toml").base_model
+    except InputError:
+        model = "<base_model>"
+    parser = refine_parser(
+        script_file, "Refine the base model's test probability maps with a trained PatchRefineNet and score "
+                     "them (pooled IoU as the authors' 'mIoU', plus Dice, precision, recall, MAE) against the "
+                     "base model and each head alone.",
+        _EXAMPLES.format(ds=ds_dir.name, m=model))
+    parser.add_argument("--batch_stats", type=str2bool, nargs="?", const=True, default=False,
+                        help="BatchNorm with the current batch's statistics, per patch in the local decoder "
+                             "(the authors' inference); default False = eval mode")
+    parser.add_argument("--combine", choices=_COMBINE_MODES, default=None,
+                        help="upstream = global ∪ dilate3x3(global ∩ local) (default for p4, p16, p64, ...); "
+                             "global (default for p0); local")
+    parser.add_argument("--batch_size", type=int, default=1, help="maps per forward pass (default: 1, as the authors)")
+    parser.add_argument("--save_masks", type=str2bool, nargs="?", const=True, default=False,
+                        help="write the final masks as PNGs (0/255) to outputs/<aux>/masks/")
+    parser.add_argument("--save_probs", type=str2bool, nargs="?", const=True, default=False,
+                        help="write the head probabilities to outputs/<aux>/test_prob_{global,local}.npy (N×H×W×1)")
+    parser.add_argument("--figure", type=int, default=4,
+                        help="rows of the example figure outputs/<aux>/<aux>_predict_figure.png (0: none; default 4)")
+    parser.add_argument("--progress", type=str2bool, default=True, help="show progress bars (default: True)")
+    return parser
+
+
+@cli_entry
+def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
+    """Parse ``argv`` and evaluate; returns :func:`~patchrefinenet.refine.predict.predict_prn`'s metrics."""
+    args = _parser(script_file).parse_args(argv)
+    from patchrefinenet.refine.predict import RefinePredictConfig, predict_prn
+
+    setup_logging()
+    run = resolve_refine_script(args, script_file)
+    if not args.checkpoint and args.checkpoint_path is None:
+        raise InputError("prediction needs trained weights: pass --checkpoint True (checkpoints/<aux>/<aux>_weights.th "
+                         "under --output_root) or --checkpoint_path FILE")
+    cfg = RefinePredictConfig(
+        data_dir=str(run.data_dir), output_root=str(run.output_root), aux_model=args.aux_model,
+        patch_size=args.patch_size, checkpoint_path=None if args.checkpoint_path is None else str(Path(args.checkpoint_path)),
+        batch_stats=args.batch_stats, combine=args.combine, batch_size=args.batch_size, device=args.device,
+        bf16=args.bf16, channels_last=args.channels_last, save_masks=args.save_masks, save_probs=args.save_probs,
+        figure=args.figure, saliency=run.spec.layout == "duts", num_workers=args.num_workers,
+        dataset=run.spec.name, base_model=run.base_model, progress=args.progress)
+    result = predict_prn(cfg)
+    print(json.dumps({k: result[k] for k in ("miou", "refined", "base") if k in result}, indent=2))
+    return result

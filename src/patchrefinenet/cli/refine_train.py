@@ -1,0 +1,157 @@
+"""``src/<ds>/refine-models/train.py``: train PatchRefineNet on the base model's validation maps (R §7).
+
+Also holds what both refine-models scripts share: the flags (``--base_model``, ``--aux_model`` /
+``--patch_size``, ``--checkpoint``, ``--config``, ``--data_root``, ``--output_root``, ``--device``,
+...) and their resolution from the script's own dataset folder, so the scripts run from any cwd.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from data_utils.errors import InputError
+from data_utils.spec import DatasetSpec, load_dataset_spec
+from patchrefinenet.cli.common import cli_entry, dataset_dir_from_script, repo_root, setup_logging, str2bool
+
+# The engine (torch) is imported inside the functions that need it, so that --help answers at once.
+
+
+@dataclass(frozen=True)
+class RefineScript:
+    """What a refine-models script works on: dataset config, base model, data folder, output root."""
+
+    spec: DatasetSpec
+    base_model: str
+    data_dir: Path
+    output_root: Path
+
+
+def refine_parser(script_file: str, description: str, examples: str) -> argparse.ArgumentParser:
+    """An argument parser with the flags shared by ``src/<ds>/refine-models/{train,predict}.py``."""
+    ds = dataset_dir_from_script(script_file).name
+    parser = argparse.ArgumentParser(
+        prog=f"python src/{ds}/refine-models/{Path(script_file).name}", description=description,
+        epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+    grid = parser.add_argument_group("patch grid (give one)")
+    grid.add_argument("--aux_model", default=None,
+                      help="pN, N = number of patches: p0 (global only), p4 (2×2), p16 (4×4), p64 (8×8), ...")
+    grid.add_argument("--patch_size", type=int, default=None,
+                      help="patch side in pixels instead of --aux_model (e.g. 64 = p64 on 512-px maps)")
+    parser.add_argument("--base_model", default=None,
+                        help="base model whose maps are refined (default: base_model of the dataset config)")
+    parser.add_argument("--checkpoint", type=str2bool, nargs="?", const=True, default=False,
+                        help="use checkpoints/<aux>/<aux>_weights.th (or --checkpoint_path); True/False")
+    parser.add_argument("--checkpoint_path", type=Path, default=None,
+                        help="an explicit weights file (ours, or the authors' p0/p4/p64_weights.th)")
+    parser.add_argument("--config", type=Path, default=None, help=f"dataset config (default: src/{ds}/dataset.toml)")
+    parser.add_argument("--data_root", type=Path, default=None,
+                        help=f"folder holding {ds}/refine-models/<base_model>/ (default: <repo>/data)")
+    parser.add_argument("--output_root", type=Path, default=None,
+                        help=f"folder for checkpoints/, logs/, outputs/ (default: src/{ds}/refine-models)")
+    parser.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda or cuda:<index>")
+    parser.add_argument("--bf16", type=str2bool, nargs="?", const=True, default=False,
+                        help="bf16 autocast (CUDA only; default False)")
+    parser.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=False,
+                        help="channels-last memory format (CUDA only; default False)")
+    parser.add_argument("--num_workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    return parser
+
+
+def resolve_refine_script(args: argparse.Namespace, script_file: str) -> RefineScript:
+    """Load the dataset config and fill in the defaults of :func:`refine_parser`'s flags."""
+    ds_dir = dataset_dir_from_script(script_file)
+    spec = load_dataset_spec(args.config if args.config is not None else ds_dir / "dataset.toml")
+    if args.aux_model is None and args.patch_size is None:
+        raise InputError("give --aux_model (p0, p4, p16, p64, ...) or --patch_size (pixels)")
+    base_model = args.base_model or spec.base_model
+    data_root = Path(args.data_root if args.data_root is not None else repo_root() / "data").expanduser()
+    output_root = Path(args.output_root if args.output_root is not None else ds_dir / "refine-models").expanduser()
+    return RefineScript(spec, base_model, data_root / spec.name / "refine-models" / base_model, output_root)
+
+
+def default_weights(args: argparse.Namespace, run: RefineScript) -> Path:
+    """``<output_root>/checkpoints/<aux>/<aux>_weights.th`` for the requested grid."""
+    from patchrefinenet.models.prn import resolve_grid
+    from patchrefinenet.refine.data import RefineOutputs
+
+    aux = resolve_grid(args.aux_model, args.patch_size, image_size=run.spec.prn_size).aux_name
+    return RefineOutputs(run.output_root, aux).weights
+
+
+_EXAMPLES = """examples:
+  python src/{ds}/refine-models/train.py --base_model {m} --aux_model p64
+  python src/{ds}/refine-models/train.py --aux_model p64 --resume True           # continue after Ctrl-C
+  python src/{ds}/refine-models/train.py --aux_model p64 --checkpoint True       # start from p64_weights.th
+  python src/{ds}/refine-models/train.py --patch_size 128 --epochs 50 --seed 1
+  torchrun --standalone --nproc_per_node=4 src/{ds}/refine-models/train.py --aux_model p64 --bf16 True
+
+Writes checkpoints/<aux>/<aux>_weights.th (best), <aux>_last.th (resume) and logs/<aux>/ under
+--output_root. Missing pseudo-labels train_aux_gt_p_<P>.npy are generated from val_pred.npy.
+"""
+
+
+def _parser(script_file: str) -> argparse.ArgumentParser:
+    ds_dir = dataset_dir_from_script(script_file)
+    try:
+        model = load_dataset_spec(ds_dir / "dataset.toml").base_model
+    except InputError:
+        model = "<base_model>"
+    parser = refine_parser(
+        script_file, "Train PatchRefineNet on the base model's validation probability maps with the authors' "
+                     "recipe (Adam 8e-4; plateau rule: after 5 epochs without improvement reload the best "
+                     "weights and lr/1.1, stop after 9).",
+        _EXAMPLES.format(ds=ds_dir.name, m=model))
+    parser.add_argument("--resume", type=str2bool, nargs="?", const=True, default=False,
+                        help="continue an interrupted run from checkpoints/<aux>/<aux>_last.th")
+    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, shuffling, augmentation (default: 0)")
+    parser.add_argument("--epochs", type=int, default=300, help="max epochs (default: 300)")
+    parser.add_argument("--lr", type=float, default=8e-4, help="initial learning rate (default: 8e-4)")
+    parser.add_argument("--batch_size", type=int, default=None, help="batch size (default: the dataset config's)")
+    parser.add_argument("--shuffle", type=str2bool, default=None, help="shuffle (default: the dataset config's)")
+    parser.add_argument("--augment", type=str2bool, default=True, help="flips + rot90 as the authors (default: True)")
+    parser.add_argument("--width", type=int, default=32, help="PRN base width (authors: 32)")
+    parser.add_argument("--row7_quirk", type=str2bool, default=False,
+                        help="the authors' P64 row-7 wiring (R §3.4); only for fine-tuning their p64 file")
+    parser.add_argument("--patch_bn_stats", type=str2bool, default=True,
+                        help="per-patch BatchNorm statistics in the local decoder during training, as the "
+                             "authors (default: True)")
+    parser.add_argument("--max_batches_per_epoch", type=int, default=None, help="cap on batches per epoch (smoke tests)")
+    parser.add_argument("--progress", type=str2bool, default=True, help="show progress bars (default: True)")
+    return parser
+
+
+@cli_entry
+def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
+    """Parse ``argv`` and train; returns :func:`~patchrefinenet.refine.train.train_prn`'s result."""
+    args = _parser(script_file).parse_args(argv)
+    from patchrefinenet.refine.train import RefineTrainConfig, train_prn
+
+    rank = int(os.environ.get("RANK", "0"))
+    setup_logging(rank=rank)
+    run = resolve_refine_script(args, script_file)
+    if args.checkpoint_path is not None and not args.checkpoint:
+        raise InputError("--checkpoint_path is used with --checkpoint True; add it or drop --checkpoint_path")
+    init = None
+    if args.checkpoint:
+        init = Path(args.checkpoint_path) if args.checkpoint_path is not None else default_weights(args, run)
+        if not init.is_file():
+            raise InputError(f"--checkpoint True: no weights at {init}; train without --checkpoint first, "
+                             f"or pass the file with --checkpoint_path")
+    cfg = RefineTrainConfig(
+        data_dir=str(run.data_dir), output_root=str(run.output_root), aux_model=args.aux_model,
+        patch_size=args.patch_size, width=args.width, row7_quirk=args.row7_quirk, epochs=args.epochs, lr=args.lr,
+        batch_size=run.spec.refine.batch_size if args.batch_size is None else args.batch_size,
+        shuffle=run.spec.refine.shuffle if args.shuffle is None else args.shuffle, augment=args.augment,
+        patch_bn_stats=args.patch_bn_stats, seed=args.seed, device=args.device, bf16=args.bf16,
+        channels_last=args.channels_last, num_workers=args.num_workers,
+        max_batches_per_epoch=args.max_batches_per_epoch, resume=args.resume,
+        init_checkpoint=None if init is None else str(init), dataset=run.spec.name, base_model=run.base_model,
+        progress=args.progress)
+    result = train_prn(cfg, dataset_spec=run.spec.to_dict())
+    if rank == 0:
+        print(json.dumps({k: v for k, v in result.items() if k not in ("history", "model")}, indent=2))
+    return result

@@ -1,0 +1,377 @@
+"""PRN training (R §7): Adam, the authors' plateau rule on the training loss, atomic checkpoints,
+bit-exact resume, and ``torchrun`` data parallelism.
+
+One epoch = one pass over the validation-split arrays of the base model (``val_pred.npy``), with
+pseudo-labels ``train_aux_gt_p_<P>.npy`` (made on demand) and ground truth ``val_orig_gt.npy``.
+After each epoch the mean batch loss drives :class:`~patchrefinenet.training.PlateauSchedule`
+(improvement → save ``<aux>_weights.th``; 5th–8th non-improving epoch → reload those weights and
+lr ÷ 1.1, Adam moments kept as the authors; 9th → stop). ``<aux>_last.th`` is rewritten after every
+epoch with everything needed to continue (optimizer, schedule, history, RNG, lr), so a resumed run
+ends with the weights an uninterrupted one would have (bit for bit on CPU; on CUDA up to the
+nondeterminism of cuDNN kernels).
+
+Deliberate differences from the authors: the loss takes (prediction, target) (R §6.3, their order
+is ``upstream_order=True``); the epoch loss is the mean of per-batch float losses (not a
+graph-carrying sum divided by floor(N/B), R §15.14); a seed drives initialisation, shuffling and
+augmentation. As the authors, the local decoder's BatchNorm uses per-patch statistics in training
+(``patch_bn_stats``, R §4 / §15.4).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from data_utils.errors import InputError
+from data_utils.io import write_text_atomic
+from data_utils.pseudo_labels import generate_pseudo_label_file
+from patchrefinenet.checkpoint import load_checkpoint, load_weights_strict, save_checkpoint
+from patchrefinenet.losses import PRNLoss
+from patchrefinenet.models.prn import PRN, GridChoice, PRNConfig, load_prn, resolve_grid
+from patchrefinenet.refine.data import (
+    TRAIN_GT, TRAIN_INPUTS, NpyMaps, RefineDataset, RefineOutputs, generator_hint, pseudo_label_name, require_arrays,
+)
+from patchrefinenet.training import (
+    DistInfo, PlateauSchedule, all_reduce_sum, autocast_context, barrier, broadcast_buffers, capture_rng_state,
+    cleanup_distributed,
+    init_distributed, log_to_file, resolve_device, restore_rng_state, seed_everything,
+)
+
+log = logging.getLogger("patchrefinenet")
+
+# Settings that define the optimisation trajectory: a resumed run must use the saved values.
+_RUN_KEYS = ("width", "row7_quirk", "lr", "batch_size", "shuffle", "decay_after", "stop_after", "lr_factor",
+             "min_lr", "augment", "patch_bn_stats", "upstream_order", "seed", "max_batches_per_epoch")
+
+
+@dataclass(frozen=True)
+class RefineTrainConfig:
+    """Every setting of a PRN training run (primitives only; saved in every checkpoint).
+
+    data_dir holds ``val_pred.npy``, ``val_orig_gt.npy`` and the pseudo-labels; output_root gets
+    ``checkpoints/<aux>/`` and ``logs/<aux>/``. The grid comes from ``aux_model`` (``p0``, ``p4``,
+    ``p16``, ``p64``, ...) or ``patch_size`` (pixels). Defaults are the authors' (R §7).
+    ``max_batches_per_epoch`` truncates epochs (smoke tests); ``init_checkpoint`` starts from
+    existing weights (ours or the authors' bare files); ``resume`` continues ``<aux>_last.th``.
+    """
+
+    data_dir: str
+    output_root: str
+    aux_model: str | None = None
+    patch_size: int | None = None
+    width: int = 32
+    row7_quirk: bool = False
+    epochs: int = 300
+    lr: float = 8e-4
+    batch_size: int = 1
+    shuffle: bool = True
+    decay_after: int = 4
+    stop_after: int = 8
+    lr_factor: float = 1.1
+    min_lr: float = 5e-8
+    augment: bool = True
+    patch_bn_stats: bool = True
+    upstream_order: bool = False
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False
+    channels_last: bool = False
+    num_workers: int = 0
+    max_batches_per_epoch: int | None = None
+    resume: bool = False
+    init_checkpoint: str | None = None
+    dataset: str = ""
+    base_model: str = ""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise InputError(f"--{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("lr", "lr_factor"):
+            if not getattr(self, key) > 0:
+                raise InputError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("seed", "num_workers", "decay_after", "stop_after"):
+            if getattr(self, key) < 0:
+                raise InputError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
+            raise InputError(f"--max_batches_per_epoch must be >= 1, got {self.max_batches_per_epoch}")
+        if self.resume and self.init_checkpoint:
+            raise InputError("--resume continues <aux>_last.th; it cannot be combined with --checkpoint True "
+                             "(initialising from other weights)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train_prn(cfg: RefineTrainConfig, dataset_spec: dict | None = None) -> dict:
+    """Train a PRN as configured; returns ``best_loss``, ``epochs_run``, ``checkpoint`` (path of the
+    best weights), ``last``, ``history`` (per-epoch dicts), ``stopped`` (reason or None), ``aux``,
+    ``grid``, ``log_file``, ``history_file`` and ``model`` (the PRN with the weights of the last
+    epoch, in eval mode; the best weights are in ``checkpoint``).
+
+    Under ``torchrun`` every rank calls this; rank 0 writes files. ``dataset_spec`` (plain dict,
+    e.g. ``DatasetSpec.to_dict()``) is stored in the checkpoints' config for provenance.
+    """
+    device = resolve_device(cfg.device)
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    info = init_distributed(device)
+    try:
+        return _Run(cfg, info, dataset_spec).run()
+    finally:
+        if owns_group and info.distributed:
+            cleanup_distributed()
+
+
+class _Run:
+    """One training run; split into steps so each reads on its own."""
+
+    def __init__(self, cfg: RefineTrainConfig, info: DistInfo, dataset_spec: dict | None) -> None:
+        self.cfg, self.info, self.device = cfg, info, info.device
+        self.dataset_spec = dataset_spec
+        data = Path(cfg.data_dir)
+        self.inputs, self.gt = data / TRAIN_INPUTS, data / TRAIN_GT
+        require_arrays({"PRN inputs": self.inputs, "ground truth": self.gt}, generator_hint(cfg.dataset, cfg.base_model))
+        n, h, w = NpyMaps(self.inputs, "inputs").shape
+        self.choice: GridChoice = resolve_grid(cfg.aux_model, cfg.patch_size, image_size=h)
+        if h != w and self.choice.grid > 0:
+            log.warning("maps are %d×%d (not square): the PRN patch grid (padded size / %d) and the %d-px "
+                        "pseudo-label patches do not coincide along the width", h, w, self.choice.grid, self.choice.patch_size)
+        self.pseudo = data / pseudo_label_name(self.choice.patch_size)
+        self.out = RefineOutputs(Path(cfg.output_root), self.choice.aux_name)
+        self.prn_config = PRNConfig(grid=self.choice.grid, width=cfg.width, row7_quirk=cfg.row7_quirk)
+        self.config_record = self._config_record(n, h, w)
+        self.cuda = self.device.type == "cuda"
+        self.bf16 = cfg.bf16 and self.cuda
+        self.channels_last = cfg.channels_last and self.cuda
+
+    # ------------------------------------------------------------------ setup
+
+    def _ensure_pseudo_labels(self) -> None:
+        """Make ``train_aux_gt_p_<P>.npy`` from the validation arrays if it is missing (rank 0, then all wait)."""
+        if not self.pseudo.is_file() and self.info.is_main:
+            log.info("pseudo-labels %s not found: generating them with %d-px patches", self.pseudo, self.choice.patch_size)
+            generate_pseudo_label_file(self.inputs, self.gt, self.pseudo, self.choice.patch_size,
+                                       progress=self.cfg.progress)
+        barrier()
+
+    def _config_record(self, n_images: int, h: int, w: int) -> dict:
+        """What every checkpoint stores as ``config``: model (rebuilds the PRN), train, dataset."""
+        dataset = {"name": self.cfg.dataset, "base_model": self.cfg.base_model, "n_images": n_images,
+                   "image_size": [h, w], "inputs": str(self.inputs), "pseudo_labels": str(self.pseudo),
+                   "ground_truth": str(self.gt), "spec": self.dataset_spec}
+        return {"model": self.prn_config.to_dict(), "train": self.cfg.to_dict(), "dataset": dataset}
+
+    def _build_model(self) -> PRN:
+        seed_everything(self.cfg.seed)
+        model = PRN(self.prn_config)
+        if self.cfg.init_checkpoint:
+            loaded, ck = load_prn(self.cfg.init_checkpoint, "cpu", expected_grid=self.choice.grid)
+            load_weights_strict(model, loaded.state_dict(), f"--checkpoint {self.cfg.init_checkpoint}")
+            log.info("initialised from %s (%s checkpoint)", self.cfg.init_checkpoint, ck.source)
+        model.set_batch_statistics(self.cfg.patch_bn_stats)
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def _resume(self, model: PRN, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule) -> dict:
+        """Load ``<aux>_last.th`` into model/optimizer/schedule; return its training state."""
+        if not self.out.last.is_file():
+            raise InputError(f"--resume True: no resume file {self.out.last}; start without --resume "
+                             f"(it is written after the first completed epoch)")
+        ck = load_checkpoint(self.out.last, map_location=self.device)
+        ts = ck.training_state
+        if ts is None or "optimizer" not in ts:
+            raise InputError(f"{self.out.last} holds no training state; it is not a resume file")
+        saved_model = (ck.config or {}).get("model", {})
+        saved_train = (ck.config or {}).get("train", {})
+        diffs = [f"{k}: saved {saved_train.get(k)!r}, now {getattr(self.cfg, k)!r}"
+                 for k in _RUN_KEYS if saved_train.get(k) != getattr(self.cfg, k)]
+        if saved_model.get("grid") != self.prn_config.grid:
+            diffs.insert(0, f"grid: saved {saved_model.get('grid')!r}, now {self.prn_config.grid}")
+        if diffs:
+            raise InputError(f"--resume: {self.out.last} was written with other settings ({'; '.join(diffs)}); "
+                             f"pass the saved values or start a new run without --resume")
+        load_weights_strict(model, ck.state_dict, f"resume file {self.out.last}")
+        optimizer.load_state_dict(ts["optimizer"])
+        schedule.load_state_dict(ts["schedule"])
+        restore_rng_state(ts["rng"])
+        log.info("resumed from %s after epoch %d (best loss %.6f, lr %.3g)", self.out.last, ts["epoch"],
+                 schedule.best, ts["lr"])
+        return ts
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> dict:
+        cfg, info = self.cfg, self.info
+        self._ensure_pseudo_labels()
+        dataset = RefineDataset(self.inputs, self.gt, self.pseudo, augment=cfg.augment, seed=cfg.seed)
+        n, (h, w) = len(dataset), dataset.image_size
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        log_file = self.out.train_log(stamp) if info.is_main else None
+        with log_to_file(log_file):
+            log.info("PRN training: %s", self.choice.description)
+            log.info("data: %d maps of %d×%d from %s (pseudo-labels %s); world size %d on %s%s%s",
+                     n, h, w, cfg.data_dir, self.pseudo.name, info.world_size, self.device,
+                     ", bf16 autocast" if self.bf16 else "", ", channels_last" if self.channels_last else "")
+            if (cfg.bf16 or cfg.channels_last) and not self.cuda:
+                log.warning("--bf16/--channels_last apply on CUDA only; ignored on %s", self.device)
+            log.info("config: %s", json.dumps(self.config_record["train"], sort_keys=True))
+            if info.is_main:
+                write_text_atomic(self.out.train_config, json.dumps(self.config_record, indent=2, sort_keys=True) + "\n")
+            result = self._loop(dataset)
+            result["log_file"] = None if log_file is None else str(log_file)
+            return result
+
+    def _loop(self, dataset: RefineDataset) -> dict:
+        cfg, info, device = self.cfg, self.info, self.device
+        model = self._build_model()
+        log.info("PRN %s: %.2fM parameters", self.prn_config, sum(p.numel() for p in model.parameters()) / 1e6)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        schedule = PlateauSchedule(cfg.decay_after, cfg.stop_after, cfg.lr_factor, cfg.min_lr)
+        history: list[dict] = []
+        start, stopped, lr = 0, None, cfg.lr
+        if cfg.resume:
+            ts = self._resume(model, optimizer, schedule)
+            start, stopped, lr, history = int(ts["epoch"]), ts.get("stopped"), float(ts["lr"]), list(ts["history"])
+        net = model
+        if info.distributed:
+            net = DistributedDataParallel(model, device_ids=[device.index] if self.cuda else None)
+        sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=cfg.shuffle,
+                                     seed=cfg.seed, drop_last=False)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                            pin_memory=self.cuda, persistent_workers=False)
+        loss_fn = PRNLoss(upstream_order=cfg.upstream_order)
+        if stopped:
+            log.info("the resumed run had already stopped (%s); nothing to do", stopped)
+        elif start >= cfg.epochs:
+            log.info("the resumed run already completed %d epochs (--epochs %d); nothing to do", start, cfg.epochs)
+        epoch = start
+        while not stopped and epoch < cfg.epochs:
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            t0 = time.perf_counter()
+            stats = self._train_epoch(net, loader, optimizer, loss_fn, epoch)
+            broadcast_buffers(model)  # BN running stats: every rank now holds what rank 0 saves
+            epoch += 1
+            loss = stats["loss"]
+            decision = schedule.step(loss, lr)
+            record = {"epoch": epoch, "loss": loss, "lr": lr, **{k: v for k, v in stats.items() if k != "loss"},
+                      "time": round(time.perf_counter() - t0, 3), "improved": decision.improved,
+                      "reload_best": decision.reload_best, "stop": decision.stop}
+            history.append(record)
+            if decision.improved:
+                self._save_best(model, epoch, loss, lr)
+            if decision.stop:
+                stopped = (f"no improvement for {schedule.counter} epochs" if schedule.counter > cfg.stop_after
+                           else f"lr {lr:.3g} < min_lr {cfg.min_lr:.3g}")
+            elif decision.reload_best:
+                ck = load_checkpoint(self.out.weights, map_location=device)  # every rank reads the same file
+                load_weights_strict(model, ck.state_dict, f"best weights {self.out.weights}")
+                lr = decision.new_lr
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            if decision.improved:
+                outcome = "best so far, saved"
+            elif decision.reload_best:
+                outcome = f"reloaded the best weights, lr -> {lr:.3g}"
+            else:
+                outcome = f"stop: {stopped}" if stopped else f"{schedule.counter} without improvement"
+            local = f", local iou {stats['iou_local']:.4f}" if "iou_local" in stats else ""
+            log.info("epoch %d/%d: loss %.6f, iou %.4f%s, lr %.3g, %.1fs (%s)", epoch, cfg.epochs, loss, stats["iou"],
+                     local, record["lr"], record["time"], outcome)
+            self._save_last(model, optimizer, schedule, epoch, lr, history, stopped)
+        best = schedule.best if math.isfinite(schedule.best) else None
+        model.set_batch_statistics(False).eval()  # a plain eval-mode model for the caller
+        return {"best_loss": best, "epochs_run": epoch, "checkpoint": str(self.out.weights), "last": str(self.out.last),
+                "history": history, "stopped": stopped, "aux": self.choice.aux_name, "grid": self.choice.grid,
+                "history_file": str(self.out.history), "model": model}
+
+    def _train_epoch(self, net, loader: DataLoader, optimizer, loss_fn: PRNLoss, epoch: int) -> dict:
+        """One pass; returns the epoch's mean loss and pooled training IoUs (≥ 0.5, +1 smoothing), averaged over ranks."""
+        cfg, device = self.cfg, self.device
+        net.train()
+        total = len(loader) if cfg.max_batches_per_epoch is None else min(len(loader), cfg.max_batches_per_epoch)
+        keys = ["loss", "rs", "reg", "inter", "union", "inter_local", "union_local"]
+        sums = dict.fromkeys(["batches"] + keys, 0.0)
+        bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not (cfg.progress and self.info.is_main))
+        for step, batch in enumerate(bar):
+            if step >= total:
+                break
+            x = batch["input"].to(device, non_blocking=True)
+            pseudo = batch["pseudo"].to(device, non_blocking=True)
+            gt = batch["gt"].to(device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast_context(device, self.bf16):
+                global_prob, local_prob = net(x)
+            # the loss runs in float32 (BCE is unsafe under autocast)
+            parts = loss_fn(global_prob.float(), None if local_prob is None else local_prob.float(), pseudo, gt)
+            parts["loss"].backward()
+            optimizer.step()
+            with torch.no_grad():  # one device->host transfer per batch
+                counts = _iou_counts(global_prob, gt) + (_iou_counts(local_prob, gt) if local_prob is not None else [])
+                values = torch.stack([t.double() for t in (parts["loss"].detach(), parts["rs"], parts["reg"], *counts)])
+            sums["batches"] += 1
+            for key, v in zip(keys, values.tolist()):
+                sums[key] += v
+            bar.set_postfix(loss=f"{sums['loss'] / sums['batches']:.4f}",
+                            iou=f"{(sums['inter'] + 1) / (sums['union'] + 1):.4f}")
+        bar.close()
+        names = list(sums)
+        reduced = dict(zip(names, all_reduce_sum(torch.tensor([sums[k] for k in names], dtype=torch.float64,
+                                                                device=device)).tolist()))
+        n = max(reduced["batches"], 1.0)
+        out = {"loss": reduced["loss"] / n, "rs": reduced["rs"] / n, "reg": reduced["reg"] / n,
+               "iou": (reduced["inter"] + 1) / (reduced["union"] + 1)}
+        if self.choice.grid > 0:
+            out["iou_local"] = (reduced["inter_local"] + 1) / (reduced["union_local"] + 1)
+        return out
+
+    # ------------------------------------------------------------------ files
+
+    def _meta(self, epoch: int, best: float, lr: float) -> dict:
+        return {"epoch": epoch, "best_loss": best, "lr": lr, "aux": self.choice.aux_name,
+                "grid_reading": self.choice.description, "patch_size": self.choice.patch_size,
+                "seed": self.cfg.seed, "world_size": self.info.world_size,
+                "torch": str(torch.__version__)}  # a plain str: TorchVersion does not load with weights_only
+
+    def _save_best(self, model: PRN, epoch: int, loss: float, lr: float) -> None:
+        if self.info.is_main:
+            save_checkpoint(self.out.weights, model.state_dict(), self.config_record, self._meta(epoch, loss, lr))
+        barrier()  # the file exists on every rank before anyone may reload it
+
+    def _save_last(self, model, optimizer, schedule: PlateauSchedule, epoch: int, lr: float, history: list,
+                   stopped: str | None) -> None:
+        if not self.info.is_main:
+            return
+        state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "history": history, "rng": capture_rng_state(), "lr": lr, "stopped": stopped}
+        save_checkpoint(self.out.last, model.state_dict(), self.config_record,
+                        self._meta(epoch, schedule.best, lr), training_state=state)
+        write_text_atomic(self.out.history, "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _iou_counts(prob: torch.Tensor, gt: torch.Tensor) -> list[torch.Tensor]:
+    """[|P∩Y|, |P∪Y|] with P = prob ≥ 0.5 (the authors' training-log threshold, R §10)."""
+    pred = prob.detach() >= 0.5
+    truth = gt >= 0.5
+    inter = (pred & truth).sum()
+    union = pred.sum() + truth.sum() - inter
+    return [inter, union]
+
+
+__all__ = ["RefineTrainConfig", "train_prn"]
