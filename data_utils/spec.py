@@ -264,3 +264,27 @@ def layout_dirs(spec: DatasetSpec, data_root: str | Path, split: str) -> tuple[P
         part = _DUTS_PART[split]
         return root / part / part / f"{part}-Image", root / part / part / f"{part}-Mask"
     return root / "train", root / "train_labels"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def spec_to_toml(spec: DatasetSpec, header: str = "") -> str:
+    """The TOML text of ``spec`` (what :func:`load_dataset_spec` reads back), e.g. for the demo's
+    reduced-size variant of a dataset. ``header`` is written as leading comment lines."""
+    data = spec.to_dict()
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines += [f"{k} = {_toml_value(v)}" for k, v in data.items() if k not in tables and v is not None]
+    for name, table in tables.items():
+        lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"

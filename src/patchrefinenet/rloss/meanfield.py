@@ -117,7 +117,7 @@ def densecrf_refine_batch(images: np.ndarray | list, probs: np.ndarray, *, progr
     out = np.empty(probs.shape, dtype=np.float32)
     for i in tqdm(range(len(probs)), desc="DenseCRF", disable=not progress, leave=False):
         try:
-            p = torch.as_tensor(np.asarray(probs[i], dtype=np.float32), device=device)
+            p = torch.as_tensor(np.array(probs[i], dtype=np.float32), device=device)  # a copy: memmaps are read-only
             out[i] = densecrf_refine(_image_hwc(images[i], f"images[{i}]"), p, **params).cpu().numpy()
         except InputError as exc:
             raise InputError(f"map {i}: {exc}") from None
