@@ -53,10 +53,11 @@ def loop_forward(model: PRN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return global_prob, torch.cat(rows, dim=2)
 
 
+@pytest.mark.parametrize("width", [4, 8])
 @pytest.mark.parametrize("grid", [0, 2, 4, 8])
 @pytest.mark.parametrize("size", [(40, 56), (64, 64), (96, 80)])
-def test_output_shapes_and_ranges(grid, size):
-    model = make(grid).eval()
+def test_output_shapes_and_ranges(grid, size, width):
+    model = make(grid, width).eval()
     x = torch.rand(2, 1, *size)
     with torch.no_grad():
         g, l = model(x)

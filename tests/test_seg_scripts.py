@@ -32,7 +32,7 @@ def test_help_of_every_script_from_another_folder(tmp_path):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         assert f"usage: python src/{path.parent.parent.name}/seg-models/{path.name}" in out
-        assert "--model" in out and "--data_root" in out
+        assert "--data_root" in out and ("--model" in out or path.name == "generate_scribbles.py")
 
 
 def test_missing_data_exits_2_naming_the_download_and_the_demo(tmp_path):

@@ -73,9 +73,11 @@ class RegionSpecificLoss(nn.Module):
 class RegularizationLoss(nn.Module):
     """Weighted BCE: mean(−w_fg·y·ln max(p, ε) − w_bg·(1 − y)·ln max(1 − p, ε)) (R §6.1, intended order).
 
-    The authors write ln(p + ε) with ε = 1e-15. In float32, p + 1e-15 rounds to p for every p
-    except 0 (and 1 − p is 0 or ≥ 6e-8), so ln max(·, ε) gives the same values but never
-    ln 0 = −inf and never a 1/ε-sized gradient when a sigmoid saturates to exactly 0 or 1.
+    The authors write ln(p + ε) and ln(1 − p + ε) with ε = 1e-15. In float32 adding ε changes
+    nothing unless the argument is below ~1e-8 (1 − p is either 0 or ≥ 6e-8), so ln max(·, ε)
+    gives the same values to float32 precision, is finite at p ∈ {0, 1} by construction (whatever
+    the evaluation order of 1 − p + ε), and has a zero instead of a ~1/ε gradient where a
+    prediction has saturated to exactly 0 or 1.
     pred, target: (B, 1, H, W) in [0, 1] -> scalar.
     """
 

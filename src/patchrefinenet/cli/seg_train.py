@@ -106,8 +106,9 @@ def _parser(script_file: str) -> argparse.ArgumentParser:
         "generate_scribbles.py): partial cross-entropy on the scribbled pixels + REG_WEIGHT x a regulariser on "
         "all pixels. Validation uses the full val masks. The other flags of this group need --supervision "
         "scribbles; --resume keeps the settings the run started with.")
-    weak.add_argument("--supervision", choices=SUPERVISION_MODES, default="full",
-                      help="full: the masks and the dataset's loss (default); scribbles: pCE + regulariser")
+    weak.add_argument("--supervision", choices=SUPERVISION_MODES, default=None,
+                      help="full: the masks and the dataset's loss (default; on --resume: the run's own); "
+                           "scribbles: pCE + regulariser")
     weak.add_argument("--reg_loss", "--reg-loss", dest="reg_loss", choices=REG_LOSSES, default=None,
                       help="regulariser: densecrf (default; normalised DenseCRF/Potts energy), ncut "
                            "(normalised cut), size (area bounds, needs --size_bounds), none (pCE only)")
@@ -128,14 +129,16 @@ def _parser(script_file: str) -> argparse.ArgumentParser:
     return parser
 
 
-def supervision_settings(args: argparse.Namespace) -> dict:
-    """The :class:`~patchrefinenet.seg.train.Supervision` fields given on the command line
-    (scribble-only flags with ``--supervision full`` are refused)."""
+def supervision_settings(args: argparse.Namespace) -> dict | None:
+    """The :class:`~patchrefinenet.seg.train.Supervision` fields given on the command line, None
+    when ``--supervision`` is not given (scribble-only flags without ``--supervision scribbles`` are refused)."""
     given = {k: getattr(args, k) for k in ("reg_loss", "reg_weight", "pce_epochs", "sigma_rgb", "sigma_xy",
                                            "reg_scale", "size_bounds") if getattr(args, k) is not None}
-    if args.supervision == "full" and given:
+    if args.supervision != "scribbles" and given:
         flags = ", ".join(f"--{k}" for k in given)
         raise InputError(f"{flags} apply to --supervision scribbles; add it or drop them")
+    if args.supervision is None:
+        return None
     if "size_bounds" in given:
         given["size_bounds"] = tuple(given["size_bounds"])
     return {"mode": args.supervision, **given}
@@ -151,7 +154,7 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
         raise InputError("--checkpoint_path is used with --checkpoint True; add it or drop --checkpoint_path")
     settings = supervision_settings(args)
     from patchrefinenet.seg.train import Supervision, train_base_model  # torch: only once the arguments are fine
-    supervision = Supervision(**settings)
+    supervision = None if settings is None else Supervision(**settings)
     result = train_base_model(
         run.spec, run.model, data_root=run.data_root, output_root=run.output_root, seed=args.seed,
         device=args.device, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

@@ -5,7 +5,7 @@ On the dataset the pipeline's ``data`` stage wrote, :func:`run_weak`
 1. draws scribbles for the train split (``generate_scribbles.py``; a few % of the pixels labelled);
 2. trains the base model from them twice with ``train.py --supervision scribbles`` — partial
    cross-entropy alone, and pCE + the DenseCRF loss (rloss.md §1.3–§1.4) — with the demo's sizes,
-   epochs and seed; validation (early stopping) uses the full val masks, as rloss;
+   epochs and seed; validation (model selection, early stopping) uses the full val masks, as rloss;
 3. for each, writes the base probability maps and scores them (``generate_aux_training_data.py``,
    ``calculate_base_iou.py``), and for the DenseCRF base also makes p64 pseudo-labels and trains
    and evaluates PRN p64 (``generate_rst.py``, ``refine-models/{train,predict}.py``).
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +169,7 @@ def run_weak(cfg, paths, *, force: bool = False, progress: bool = True) -> list[
         if force or not (arrays / "test_input.npy").is_file() or not (arrays / "val_pred.npy").is_file():
             generate_aux.main(paths.script("seg", "generate_aux_training_data.py"), seg)
         calculate_base_iou.main(paths.script("seg", "calculate_base_iou.py"), seg)
-        note = f"{100 * fraction:.1f}% of train pixels labelled; val masks for early stopping"
+        note = f"{100 * fraction:.1f}% of train pixels labelled; model selected on the full val masks"
         rows.append({"method": variant.label, **{k: float(v) for k, v in _score_arrays(arrays).items() if k in METRICS},
                      "note": note})
         if not variant.with_prn:

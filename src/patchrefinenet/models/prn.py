@@ -257,13 +257,13 @@ def _describe(grid: int, patch: int, image_size: int) -> str:
     text = f"{name} = {grid}×{grid} grid of {patch}-px patches"
     if grid == 2:
         text += (
-            "; note: the authors' ThreshNetP4 (p4_weights.th) decoded a 4×4 grid of 128-px patches (R §15.5) "
+            "; note: the authors' ThreshNetP4 (p4_weights.th) decoded a 4×4 grid of 128-px patches "
             "— loading that file selects grid 4"
         )
     elif grid == 4:
-        text += " (the grid the authors' ThreshNetP4, p4_weights.th, actually decoded; R §15.5)"
+        text += " (the grid the authors' ThreshNetP4, p4_weights.th, actually decoded)"
     elif grid == 8:
-        text += " (the authors' ThreshNetP64 grid; their p64_weights.th needs row7_quirk=True to reproduce their outputs)"
+        text += " (the authors' ThreshNetP64 grid; loading their p64_weights.th turns on row7_quirk)"
     return text
 
 
@@ -280,7 +280,7 @@ def resolve_grid(aux_model: str | None = None, patch_size: int | None = None, im
         raise InputError(f"image_size={image_size!r}: must be an int >= 8 (the PRN input side in pixels)")
     valid_grids = [g for g in range(1, image_size // 8 + 1) if image_size % (8 * g) == 0]
     examples = ", ".join(["p0"] + [f"p{g * g}" for g in valid_grids[:6]])
-    sizes = ", ".join(str(image_size // g) for g in valid_grids[:6])
+    sizes = ", ".join(str(image_size // g) for g in valid_grids[1:7])  # g = 1 (p1) needs --aux_model p1
     if aux_model is None and patch_size is None:
         raise InputError(f"give --aux_model (one of {examples}, ...) or --patch_size (e.g. {sizes})")
     grid_from_name = None

@@ -55,7 +55,8 @@ class PatchBatchNorm2d(nn.BatchNorm2d):
         y = F.batch_norm(xg, None, None, weight, bias, True, 0.0, self.eps)
         if self.training and self.track_running_stats:
             with torch.no_grad():
-                var, mean = torch.var_mean(xg.float(), dim=(0, 2, 3), correction=1)  # (P·C,) each
+                xs = xg if xg.dtype in (torch.float32, torch.float64) else xg.float()  # half/bf16 -> fp32
+                var, mean = torch.var_mean(xs, dim=(0, 2, 3), correction=1)  # (P·C,) each
             self._pending.append((mean.view(p, c), var.view(p, c)))
         y = y.view(n, c, h, w)
         if c > 1 and x.is_contiguous(memory_format=torch.channels_last):
@@ -67,7 +68,6 @@ class PatchBatchNorm2d(nn.BatchNorm2d):
         """Apply the queued per-patch statistics as sequential running-stat updates (see class doc)."""
         if not self._pending:
             return
-        k = len(self._pending)
         mean = torch.stack([m for m, _ in self._pending], 1).flatten(0, 1)  # (P·k, C): patch-major, then call order
         var = torch.stack([v for _, v in self._pending], 1).flatten(0, 1)  # (P·k, C)
         self._pending.clear()

@@ -21,10 +21,13 @@ pixels plus ``reg_weight`` × a regulariser on all pixels (DenseCRF by default;
 ``generate_scribbles.py`` writes. ``pce_epochs = K`` gives the two-phase Caffe recipe: the first K
 epochs use pCE only, then the best pCE weights are reloaded and the regulariser joins (a plateau
 stop during the pCE phase ends that phase early instead of the run); K = 0 (default) is rloss's
-single-phase PyTorch recipe. Validation always uses the full val masks and the dataset's own
-loss (rloss also validates on full masks), so the plateau rule and model selection compare the
-same quantity in both phases; the train IoU in the logs is measured against the full train
-masks for monitoring only — they never enter the loss.
+single-phase PyTorch recipe. Validation always uses the full val masks (as rloss), and the plateau
+rule and model selection watch the val pooled IoU at 0.5 (monitor ``val_iou``, as rloss's
+best-mIoU checkpoint) instead of the recipe's ``val_loss``/``val_mae``: scribble-trained models are
+badly calibrated away from the scribbles, so their full-mask loss can grow by orders of magnitude
+while their IoU improves (measured on the demo polyps: the val-loss-selected pCE model had val IoU
+0.02, its best epoch 0.21). The train IoU in the logs is measured against the full train masks for
+monitoring only — they never enter the loss.
 
 Files, under ``output_root`` (the dataset's ``src/<ds>/seg-models``): best weights
 ``checkpoints/<model>/<model>_weights.th`` (our format; its config rebuilds the model), the resume
@@ -176,18 +179,21 @@ class Supervision:
         return {}
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain primitives for checkpoint configs (read back by :meth:`from_dict`)."""
         out = dataclasses.asdict(self)
         out["size_bounds"] = None if self.size_bounds is None else list(self.size_bounds)
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Supervision":
+        """The settings stored by :meth:`to_dict`."""
         data = dict(data)
         if data.get("size_bounds") is not None:
             data["size_bounds"] = tuple(data["size_bounds"])
         return cls(**data)
 
     def describe(self) -> str:
+        """One line for the logs, e.g. ``scribbles, pCE + 1 x densecrf {...}``."""
         if self.mode == "full":
             return "full masks"
         reg = "pCE only" if self.reg_loss == "none" or self.reg_weight == 0 else \
@@ -359,17 +365,17 @@ class _Progress:
 
 
 def _resolve_run(spec: DatasetSpec, paths: BaseRunPaths, model_name: str, resume: bool, overrides: dict,
-                 seed: int, pretrained: bool, model_kwargs: dict, supervision: Supervision):
+                 seed: int, pretrained: bool, model_kwargs: dict, supervision: Supervision | None):
     """The run's spec, seed, pretrained flag, model kwargs, supervision and (on resume) the resume
     checkpoint.
 
     A resumed run keeps everything stored in ``<model>_last.th`` except ``max_epochs``, which may
-    be extended.
+    be extended. ``supervision`` None: full masks for a new run, the stored settings on resume.
     """
     if not resume:
         recipe = dataclasses.replace(spec.train, **overrides)
         spec = dataclasses.replace(spec, train=recipe)
-        return spec, seed, pretrained, model_kwargs, supervision.resolved(spec), None
+        return spec, seed, pretrained, model_kwargs, (supervision or Supervision()).resolved(spec), None
     if not paths.last.is_file():
         raise InputError(f"--resume: no resume file {paths.last}; start without --resume")
     last = read_base_checkpoint(paths.last, model_name)
@@ -385,7 +391,7 @@ def _resolve_run(spec: DatasetSpec, paths: BaseRunPaths, model_name: str, resume
         recipe = dataclasses.replace(recipe, max_epochs=overrides["max_epochs"])
     spec = dataclasses.replace(spec, train=recipe)
     kept = _saved_supervision(saved)
-    if supervision.resolved(spec) != kept:
+    if supervision is not None and supervision.resolved(spec) != kept:
         log.warning("--resume keeps the run's supervision (%s); ignoring the one asked for (%s)",
                     kept.describe(), supervision.resolved(spec).describe())
     return (spec, int(saved["seed"]), bool(saved["pretrained"]), dict(saved.get("model_kwargs") or {}), kept, last)
@@ -408,7 +414,7 @@ def train_base_model(
     max_batches_per_epoch: int | None = None,
     num_workers: int = 0,
     model_kwargs: dict | None = None,
-    supervision: str | Supervision = "full",
+    supervision: str | Supervision | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``model_name`` on ``spec``'s train split, validating on its val split (S §3).
@@ -421,12 +427,13 @@ def train_base_model(
     optimizer and schedule; ``max_batches_per_epoch`` caps train and val batches (smoke tests;
     pass the same value when resuming); ``model_kwargs`` go to the constructor (e.g. narrow
     ResUNet++ ``filters``; with ``init_weights`` they default to the checkpoint's);
-    ``supervision`` (``"full"``, ``"scribbles"`` or a :class:`Supervision`) selects the objective
-    (:func:`build_objective`); scribbles need ``generate_scribbles.py`` to have run on the train split.
+    ``supervision`` (``"full"``, ``"scribbles"`` or a :class:`Supervision`; None = full masks, or
+    on resume the run's own) selects the objective (:func:`build_objective`); scribbles need
+    ``generate_scribbles.py`` to have run on the train split.
 
     Returns ``{"best_epoch", "best_value", "monitor", "epochs_run", "stopped", "checkpoint",
     "last", "history", "log_file"}``; ``stopped`` is ``max_epochs``, ``no_improvement`` or
-    ``lr_below_min``.
+    ``lr_below_min``; ``monitor`` is the recipe's (minimised) or, for scribbles, ``val_iou`` (maximised).
     """
     if model_name not in BASE_MODELS:
         raise InputError(f"unknown base model {model_name!r} (--model); valid names: {', '.join(sorted(BASE_MODELS))}")
@@ -445,6 +452,8 @@ def train_base_model(
     spec, seed, pretrained, model_kwargs, supervision, last = _resolve_run(
         spec, paths, model_name, resume, overrides, seed, pretrained, dict(model_kwargs or {}), supervision)
     recipe = spec.train
+    monitor = "val_iou" if supervision.mode == "scribbles" else recipe.monitor  # see the module docstring
+    sign = -1.0 if monitor == "val_iou" else 1.0  # the plateau rule minimises sign · value
     objective = build_objective(spec, supervision)
     val_objective = FullSupervision(recipe.loss)  # validation: full val masks, whatever the training signal
     scribbles = supervision.mode == "scribbles"
@@ -495,7 +504,7 @@ def train_base_model(
             log.warning("starting a new run: %s (the previous run's resume file) will be replaced; "
                         "use --resume True to continue that run instead", paths.last)
         log.info("%d train / %d val images, batch %d, lr %g, up to %d epochs, monitor %s; supervision: %s",
-                 len(train_set), len(val_set), recipe.batch_size, run.lr, recipe.max_epochs, recipe.monitor,
+                 len(train_set), len(val_set), recipe.batch_size, run.lr, recipe.max_epochs, monitor,
                  supervision.describe())
         if two_phase and run.reg_start >= recipe.max_epochs:
             log.warning("--pce_epochs %d >= %d epochs: the %s regulariser is never used", run.reg_start,
@@ -516,13 +525,13 @@ def train_base_model(
                                f"train {epoch + 1}", progress)
             val = _run_epoch(model, val_loader, val_objective, dev, None, max_batches_per_epoch,
                              f"val {epoch + 1}", progress)
-            value = val["loss"] if recipe.monitor == "val_loss" else val["mae"]
-            decision = schedule.step(value, run.lr)
+            value = {"val_loss": val["loss"], "val_mae": val["mae"], "val_iou": val["iou"]}[monitor]
+            decision = schedule.step(sign * value, run.lr)
             actions = []
             if decision.improved:
                 run.best_epoch = epoch + 1
                 save_checkpoint(paths.weights, model.state_dict(), config,
-                                {"epoch": epoch + 1, "monitor": recipe.monitor, "value": value,
+                                {"epoch": epoch + 1, "monitor": monitor, "value": value,
                                  "val_loss": val["loss"], "val_iou": val["iou"], "val_mae": val["mae"]})
                 actions.append("saved")
             row = {"epoch": epoch + 1, "lr": run.lr, "train_loss": train["loss"], "train_iou": train["iou"],
@@ -561,13 +570,13 @@ def train_base_model(
                      "schedule": schedule.state_dict(), "rng": capture_rng_state()}
             save_checkpoint(paths.last, model.state_dict(), config, {"epoch": run.epoch}, training_state=state)
             _write_history(paths.history, run.history)
-            epoch_bar.set_postfix(**{recipe.monitor: f"{value:.5f}", "best": f"{schedule.best:.5f}"})
+            epoch_bar.set_postfix(**{monitor: f"{value:.5f}", "best": f"{sign * schedule.best:.5f}"})
             if run.stopped is not None:
                 break
         epoch_bar.close()
         stopped = run.stopped or ("max_epochs" if run.epoch >= recipe.max_epochs else None)
         log.info("finished after %d epochs (%s); best %s %.6f at epoch %s -> %s", run.epoch, stopped,
-                 recipe.monitor, schedule.best, run.best_epoch, paths.weights)
-    return {"best_epoch": run.best_epoch, "best_value": schedule.best, "monitor": recipe.monitor,
+                 monitor, sign * schedule.best, run.best_epoch, paths.weights)
+    return {"best_epoch": run.best_epoch, "best_value": sign * schedule.best, "monitor": monitor,
             "epochs_run": run.epoch, "stopped": stopped, "checkpoint": str(paths.weights), "last": str(paths.last),
             "history": str(paths.history), "log_file": str(log_file)}

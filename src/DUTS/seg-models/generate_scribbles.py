@@ -1,0 +1,12 @@
+"""Draw synthetic scribbles from the DUTS saliency masks into data/DUTS/seg-models/scribbles/
+(<mask file stem>.png: 0 = background, 1 = foreground, 255 = unlabelled) for scribble-supervised training.
+
+Usage (from any folder; --help lists every option):
+    python src/DUTS/seg-models/generate_scribbles.py                             # train split, seed 0
+    python src/DUTS/seg-models/generate_scribbles.py --splits train val --seed 1
+    python src/DUTS/seg-models/train.py --model pfanet --supervision scribbles   # then train from them
+"""
+from patchrefinenet.cli.generate_scribbles import main
+
+if __name__ == "__main__":
+    main(__file__)
