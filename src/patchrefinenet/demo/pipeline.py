@@ -91,6 +91,10 @@ class DemoPaths:
     def refine_root(self) -> Path:
         return self.root / "refine-models"
 
+    def arrays(self, model: str) -> Path:
+        """``<data_root>/<ds>/refine-models/<model>``: the base model's probability maps and pseudo-labels."""
+        return self.data_root / self.dataset / "refine-models" / model
+
     def script(self, side: str, name: str) -> str:
         """The per-dataset script a user would run; the CLI implementation derives the dataset from it."""
         return str(repo_root() / "src" / self.dataset / f"{side}-models" / name)
@@ -137,7 +141,7 @@ def run_base(cfg: DemoConfig, paths: DemoPaths, force: bool) -> None:
 
 
 def run_arrays(cfg: DemoConfig, paths: DemoPaths, force: bool) -> None:
-    arrays = paths.data_root / paths.dataset / "refine-models" / cfg.base_model
+    arrays = paths.arrays(cfg.base_model)
     if force or not (arrays / "test_input.npy").is_file() or not (arrays / "val_pred.npy").is_file():
         generate_aux.main(paths.script("seg", "generate_aux_training_data.py"),
                           ["--model", cfg.base_model, *_common(paths, cfg, "seg")])

@@ -107,7 +107,7 @@ def _final_mask(g: np.ndarray, l: np.ndarray | None) -> np.ndarray:
 def write_report(cfg, paths, progress: bool = True) -> dict:
     """Compute every row, write ``results.md``/figures under the demo root, return the report dict."""
     spec = load_dataset_spec(paths.config)
-    arrays = paths.data_root / paths.dataset / "refine-models" / cfg.base_model
+    arrays = paths.arrays(cfg.base_model)
     test_prob = open_maps(arrays / "test_input.npy", "test probabilities")
     test_gt = open_maps(arrays / "test_orig_gt.npy", "test ground truth")
     val_prob = open_maps(arrays / "val_pred.npy", "val probabilities")

@@ -34,6 +34,7 @@ from data_utils.scribbles import UNLABELLED, read_scribble
 from data_utils.spec import load_dataset_spec
 from patchrefinenet.cli import (calculate_base_iou, generate_aux, generate_rst, generate_scribbles, refine_predict,
                                 refine_train, seg_train)
+from patchrefinenet.demo.pipeline import DemoPaths
 from patchrefinenet.metrics import SegmentationMeter
 
 log = logging.getLogger("patchrefinenet")
@@ -59,27 +60,8 @@ VARIANTS = (
 )
 
 
-@dataclass(frozen=True)
-class WeakPaths:
-    """Where one variant reads and writes: ``<demo root>/weak-<name>/{data,seg-models,refine-models}``."""
-
-    root: Path
-    dataset: str
-
-    @property
-    def data_root(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def seg_root(self) -> Path:
-        return self.root / "seg-models"
-
-    @property
-    def refine_root(self) -> Path:
-        return self.root / "refine-models"
-
-    def arrays(self, model: str) -> Path:
-        return self.data_root / self.dataset / "refine-models" / model
+# A weak variant's folder has the same shape as the demo root: ``<root>/weak-<name>/{data,seg-models,refine-models}``.
+WeakPaths = DemoPaths
 
 
 def link_data(source_data_root: Path, weak: WeakPaths) -> Path:
