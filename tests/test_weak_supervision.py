@@ -45,7 +45,7 @@ def tiny(tmp_path_factory):
     text = text.replace("input_size = 512", f"input_size = {SIZE}").replace("prn_size = 512", f"prn_size = {SIZE}")
     config.write_text(text.replace("batch_size = 4", "batch_size = 2"))
     generate_scribbles.main(str(SEG / "generate_scribbles.py"),
-                            ["--config", str(config), "--data_root", str(data_root), "--quiet"])
+                            ["--config", str(config), "--data_root", str(data_root), "--progress", "False"])
     return data_root, config
 
 
@@ -64,7 +64,7 @@ def test_generate_scribbles_writes_one_png_per_train_mask_named_by_its_stem_dete
     copy = make_tiny_deepglobe(tmp_path / "copy", n=12)
     for seed, same in ((0, True), (1, False)):
         generate_scribbles.main(str(SEG / "generate_scribbles.py"),
-                                ["--config", str(config), "--data_root", str(copy), "--seed", str(seed), "--quiet"])
+                                ["--config", str(config), "--data_root", str(copy), "--seed", str(seed), "--progress", "False"])
         again = {p.name: p.read_bytes() for p in (copy / "deepglobe" / "seg-models" / "scribbles").glob("*.png")}
         assert (again == first) is same
 

@@ -25,6 +25,7 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
     setup_logging()
     run = resolve_seg_script(args, script_file)
     from patchrefinenet.seg.evaluate import calculate_base_iou  # torch: after parsing, --help stays instant
-    metrics = calculate_base_iou(run.spec, run.model, data_root=run.data_root, output_root=run.output_root)
+    metrics = calculate_base_iou(run.spec, run.model, data_root=run.data_root, output_root=run.output_root,
+                                 progress=args.progress)
     print(json.dumps(metrics, indent=2))
     return metrics

@@ -33,6 +33,6 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
     from patchrefinenet.seg.generate import generate_aux_arrays  # torch: after parsing, --help stays instant
     written = generate_aux_arrays(run.spec, run.model, data_root=run.data_root, checkpoint=args.checkpoint_path,
                                   output_root=run.output_root, device=args.device, splits=args.splits,
-                                  batch_size=args.batch_size, num_workers=args.num_workers)
+                                  batch_size=args.batch_size, num_workers=args.num_workers, progress=args.progress)
     print(json.dumps(written, indent=2))
     return written

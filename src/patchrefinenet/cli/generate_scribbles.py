@@ -17,7 +17,7 @@ from typing import Sequence
 
 from data_utils.errors import InputError
 from data_utils.spec import load_dataset_spec
-from patchrefinenet.cli.common import cli_entry, dataset_dir_from_script, repo_root, setup_logging
+from patchrefinenet.cli.common import cli_entry, dataset_dir_from_script, repo_root, setup_logging, str2bool
 
 INFO_FILE = "generate_scribbles.json"
 
@@ -45,7 +45,7 @@ def _parser(script_file: str) -> argparse.ArgumentParser:
     parser.add_argument("--margin", type=int, default=None,
                         help="min distance of background strokes from the foreground in px (default: 8 at 512 px)")
     parser.add_argument("--background_strokes", type=int, default=5, help="background strokes per image (default: 5)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--progress", type=str2bool, default=True, help="show a progress bar (default: True)")
     return parser
 
 
@@ -77,7 +77,7 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     counts = {}
     for split, paths in masks.items():
-        written = generate_scribbles_for_split(paths, out_dir, args.seed, progress=not args.quiet, **params)
+        written = generate_scribbles_for_split(paths, out_dir, args.seed, progress=args.progress, **params)
         counts[split] = len(written)
         info[split] = {"seed": args.seed, "params": params, "n_files": len(written),
                        "written": time.strftime("%Y-%m-%d %H:%M:%S")}

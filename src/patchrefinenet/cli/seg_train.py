@@ -49,6 +49,7 @@ def seg_parser(script_file: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--output_root", type=Path, default=None,
                         help=f"folder for checkpoints/ and logs/ (default: src/{ds_dir.name}/seg-models)")
     parser.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda or cuda:<index>")
+    parser.add_argument("--progress", type=str2bool, default=True, help="show progress bars (default: True)")
     return parser
 
 
@@ -161,6 +162,6 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
         pretrained=args.pretrained, resume=args.resume,
         init_weights=(args.checkpoint_path or True) if args.checkpoint else None,
         max_batches_per_epoch=args.max_batches_per_epoch, num_workers=args.num_workers,
-        model_kwargs=width_kwargs(run.model, args.model_width), supervision=supervision)
+        model_kwargs=width_kwargs(run.model, args.model_width), supervision=supervision, progress=args.progress)
     print(json.dumps(result, indent=2))
     return result
