@@ -53,6 +53,7 @@ from patchrefinenet.refine.train import RefineTrainConfig, train_prn  # noqa: E4
 
 log = logging.getLogger("patchrefinenet")
 SECTION = "Bias recovery (bench/bias_recovery.py)"
+SECTION_RESIDUAL = "Bias recovery, residual heads (bench/bias_recovery.py --residual)"
 REPO = Path(__file__).resolve().parents[1]
 # Goals fixed before the run; the recorded paragraph says which were met.
 GOAL_GAP_SHARE = 0.5  # PRN closes at least half of the base → patch-oracle gap
@@ -125,7 +126,7 @@ def run_set(name: str, prob: np.ndarray, gt: np.ndarray, field: np.ndarray, args
     trained = train_prn(RefineTrainConfig(
         data_dir=str(data), output_root=str(out), aux_model=choice.aux_name, width=args.width, epochs=args.epochs,
         lr=args.lr, batch_size=args.batch_size, seed=args.seed, device="cpu", dataset="bench_bias", base_model=name,
-        patch_bn_stats=args.bn == "batch", progress=not args.quiet))
+        patch_bn_stats=args.bn == "batch", residual=args.residual, progress=not args.quiet))
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     predicted = predict_prn(RefinePredictConfig(
@@ -209,7 +210,8 @@ def _summary(res: dict[str, dict], args: argparse.Namespace) -> str:
         f"(seed {args.seed}); probabilities from `biased_probability_maps(seed={args.seed}, "
         f"bias_scale={args.bias_scale} (control 0), noise={args.noise}, smoothness={args.smoothness})`: the bias "
         f"field's correlation length is {args.smoothness * args.size:.0f} px against {b['patch_size']}-px patches. "
-        f"PRN {args.aux_model} (grid {args.size // b['patch_size']}), width {args.width}, {args.epochs} epochs at most, "
+        f"PRN {args.aux_model} (grid {args.size // b['patch_size']}{', residual heads' if args.residual else ''}), "
+        f"width {args.width}, {args.epochs} epochs at most, "
         f"batch {args.batch_size}, lr {args.lr:g}, seed {args.seed}, CPU with {torch.get_num_threads()} torch thread(s), "
         f"BatchNorm with {args.bn} statistics (inference one map at a time). PRN final = the authors' head "
         f"combination G ∪ dilate₃ₓ₃(G ∩ L); in brackets, the same rule applied to two perfect heads, i.e. the GT "
@@ -235,6 +237,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="BatchNorm: 'batch' = per-patch batch statistics in training and per-image batch "
                              "statistics at inference (the authors'); 'running' = pooled in training, running "
                              "statistics at inference (default batch)")
+    parser.add_argument("--residual", action="store_true",
+                        help="residual heads (PRNConfig.residual: corrections to the base logit); recorded in its "
+                             "own RESULTS.md section")
     parser.add_argument("--batch_size", type=int, default=4, help="maps per step (default 4)")
     parser.add_argument("--bias_scale", type=float, default=1.5, help="std of the injected logit bias (default 1.5)")
     parser.add_argument("--noise", type=float, default=0.5, help="std of the per-pixel logit noise (default 0.5)")
@@ -278,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                                                               "results": res}, indent=2) + "\n")
     print(body)
     if not args.no_record:
-        record(SECTION, body)
+        record(SECTION_RESIDUAL if args.residual else SECTION, body)
     return res
 
 

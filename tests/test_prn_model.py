@@ -212,6 +212,41 @@ def test_every_parameter_gets_a_gradient(mode):
             assert p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("grid", [0, 4])
+def test_residual_prn_starts_as_the_base_map_and_learns_a_logit_offset(grid):
+    """residual=True: untrained heads return the input; one step on a shifted target moves both heads."""
+    torch.manual_seed(0)
+    model = PRN(PRNConfig(grid=grid, width=4, residual=True))
+    x = torch.rand(2, 1, 32, 32) * 0.98 + 0.01
+    g, l = model(x)
+    torch.testing.assert_close(g, x, atol=1e-6, rtol=0)
+    if grid:
+        torch.testing.assert_close(l, x, atol=1e-6, rtol=0)
+    # the best threshold is 0.7: the target is x > 0.7, so the heads must lower every logit
+    target = (x > 0.7).float()
+    before = {k: v.clone() for k, v in model.decode1_global.named_parameters()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        g, l = model(x)
+        loss = F.binary_cross_entropy(g, target) + (F.binary_cross_entropy(l, target) if grid else 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():  # train-mode BatchNorm, as in training (eval-mode stats are a separate matter)
+        g, l = model(x)
+    assert ((g > 0.5) == (x > 0.7)).float().mean() > ((x > 0.5) == (x > 0.7)).float().mean() + 0.05
+    # the decoders learn too (gradients reach them once the zero-initialised head has moved)
+    assert any(not torch.equal(v, before[k]) for k, v in model.decode1_global.named_parameters())
+
+
+def test_residual_heads_keep_the_authors_keys_and_round_trip():
+    plain, res = PRN(PRNConfig(grid=8, width=4)), PRN(PRNConfig(grid=8, width=4, residual=True))
+    assert list(plain.state_dict()) == list(res.state_dict())
+    assert PRNConfig.from_dict(res.config.to_dict()).residual is True
+    assert PRNConfig.from_dict({"grid": 8}).residual is False  # checkpoints from before the option
+    assert res.out_global[0].weight.abs().sum() == 0 and res.out_local[0].bias.abs().sum() == 0
+
+
 @pytest.mark.parametrize(
     "x,fragment",
     [
@@ -244,6 +279,7 @@ def test_config_round_trip_and_derived_head_kernel():
         ({"grid": 2, "width": 5}, "even"),
         ({"grid": 4, "row7_quirk": True}, "8×8"),
         ({"grid": 2, "global_head_kernel": 2}, "odd"),
+        ({"grid": 2, "residual": 1}, "True or False"),
     ],
 )
 def test_invalid_config(kw, fragment):

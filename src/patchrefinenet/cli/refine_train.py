@@ -116,6 +116,9 @@ def _parser(script_file: str) -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=32, help="PRN base width (authors: 32)")
     parser.add_argument("--row7_quirk", type=str2bool, default=False,
                         help="the authors' P64 row-7 wiring (R §3.4); only for fine-tuning their p64 file")
+    parser.add_argument("--residual", type=str2bool, default=False,
+                        help="heads add a correction to the logit of the base probability, starting from zero "
+                             "(PRN begins as the base map; not in the paper, default: False)")
     parser.add_argument("--patch_bn_stats", type=str2bool, default=True,
                         help="per-patch BatchNorm statistics in the local decoder during training, as the "
                              "authors (default: True)")
@@ -143,7 +146,7 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
                              f"or pass the file with --checkpoint_path")
     cfg = RefineTrainConfig(
         data_dir=str(run.data_dir), output_root=str(run.output_root), aux_model=args.aux_model,
-        patch_size=args.patch_size, width=args.width, row7_quirk=args.row7_quirk, epochs=args.epochs, lr=args.lr,
+        patch_size=args.patch_size, width=args.width, row7_quirk=args.row7_quirk, residual=args.residual, epochs=args.epochs, lr=args.lr,
         batch_size=run.spec.refine.batch_size if args.batch_size is None else args.batch_size,
         shuffle=run.spec.refine.shuffle if args.shuffle is None else args.shuffle, augment=args.augment,
         patch_bn_stats=args.patch_bn_stats, seed=args.seed, device=args.device, bf16=args.bf16,

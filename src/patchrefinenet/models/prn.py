@@ -34,6 +34,7 @@ __all__ = [
 # The authors' ThreshNetP4 names its heads conv_last_*; ThreshNetP64 (and PRN) use out_* (R §3.3).
 AUTHORS_P4_RENAMES = {"conv_last_global.": "out_global.", "conv_last_local.": "out_local."}
 _QUIRK_GRID, _QUIRK_ROW, _QUIRK_SOURCE_ROW = 8, 6, 2  # P64: patch row 6 takes its x1 cell from row 2 (R §3.4)
+_RESIDUAL_EPS = 1e-4  # residual heads: base probabilities are clamped to [eps, 1 - eps] before the logit
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class PRNConfig:
     row7_quirk: the authors' P64 wiring (patch row 6 reads its x1 skip from row 2, R §3.4); G = 8 only.
     global_head_kernel: 1 (the authors' P0) or 3 (P4/P64); None derives it from ``grid``.
     in_channels: channels of the input probability map.
+    residual: False = the authors' heads (sigmoid of a conv). True = each head adds its conv output
+        to the logit of the input probability (channel 0) before the sigmoid, and those convs start
+        at zero, so an untrained PRN returns the base map and learns only corrections. Thresholding
+        p at τ is the same as adding −logit(τ) to logit(p) and cutting at 0, so a per-region
+        threshold is exactly an additive logit offset. Not in the paper; same state_dict keys.
     """
 
     grid: int
@@ -52,6 +58,7 @@ class PRNConfig:
     row7_quirk: bool = False
     global_head_kernel: int | None = None
     in_channels: int = 1
+    residual: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InputError:
@@ -63,8 +70,9 @@ class PRNConfig:
             raise bad("width", "must be an even int >= 2 (the attention gates use width/2 channels; the paper uses 32)")
         if not isinstance(self.in_channels, int) or isinstance(self.in_channels, bool) or self.in_channels < 1:
             raise bad("in_channels", "must be an int >= 1")
-        if not isinstance(self.row7_quirk, bool):
-            raise bad("row7_quirk", "must be True or False")
+        for flag in ("row7_quirk", "residual"):
+            if not isinstance(getattr(self, flag), bool):
+                raise bad(flag, "must be True or False")
         if self.row7_quirk and self.grid != _QUIRK_GRID:
             raise bad("row7_quirk", f"the authors' row-7 wiring exists only for the 8×8 grid (P64); this config has grid={self.grid}")
         if self.global_head_kernel is None:
@@ -192,6 +200,11 @@ class PRN(nn.Module):
                 rows = torch.arange(g)
                 rows[_QUIRK_ROW] = _QUIRK_SOURCE_ROW
             self.register_buffer("_x1_rows", rows, persistent=False)
+        if config.residual:  # start as the identity on the base map: corrections are learned from zero
+            for head in (self.out_global, getattr(self, "out_local", None)):
+                if head is not None:
+                    nn.init.zeros_(head[0].weight)
+                    nn.init.zeros_(head[0].bias)
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | PRNConfig) -> "PRN":
@@ -202,6 +215,13 @@ class PRN(nn.Module):
         """The size the input is padded to: the next multiples of 8·G (8 for G = 0)."""
         m = 8 * max(self.config.grid, 1)
         return math.ceil(height / m) * m, math.ceil(width / m) * m
+
+    @staticmethod
+    def _head(head: nn.Sequential, features: torch.Tensor, base_logit: torch.Tensor | None) -> torch.Tensor:
+        """``head`` = (conv, sigmoid); with ``base_logit`` the conv output is added to it before the sigmoid."""
+        conv, sigmoid = head
+        z = conv(features)
+        return sigmoid(z if base_logit is None else z + base_logit)
 
     def set_batch_statistics(self, enabled: bool = True) -> "PRN":
         """Switch batch-statistics BatchNorm on/off (see the class docstring); returns self."""
@@ -220,14 +240,18 @@ class PRN(nn.Module):
         d = self.decode3_global(x2, center)  # (B, 4w, Hp/4, Wp/4)
         d = self.decode2_global(x1, d)  # (B, 2w, Hp/2, Wp/2)
         d = self.decode1_global(x0, d)  # (B, w, Hp, Wp)
-        global_prob = self.out_global(d)[:, :, :H, :W]  # (B, 1, H, W)
+        base_logit = None
+        if self.config.residual:  # logit of the base probability, clamped so 0 and 1 stay finite
+            base_logit = torch.logit(x[:, :1].float().clamp(_RESIDUAL_EPS, 1 - _RESIDUAL_EPS)).to(x.dtype)
+        global_prob = self._head(self.out_global, d, base_logit)[:, :, :H, :W]  # (B, 1, H, W)
         g = self.config.grid
         if g == 0:
             return global_prob, None
         d = self.decode3_local(_fold(x2, g), _fold(center, g))  # (B·G², 4w, Hp/4G, Wp/4G)
         d = self.decode2_local(_fold(x1, g, self._x1_rows), d)  # (B·G², 2w, Hp/2G, Wp/2G)
         d = self.decode1_local(_fold(x0, g), d)  # (B·G², w, Hp/G, Wp/G)
-        local_prob = _unfold(self.out_local(d), g)[:, :, :H, :W]  # (B, 1, H, W)
+        local_prob = self._head(self.out_local, d, None if base_logit is None else _fold(base_logit, g))
+        local_prob = _unfold(local_prob, g)[:, :, :H, :W]  # (B, 1, H, W)
         for m in self._local_norms:  # per-patch running-stat updates (train mode + batch statistics)
             m.flush_running_stats()
         return global_prob, local_prob

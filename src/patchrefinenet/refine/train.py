@@ -50,7 +50,7 @@ from patchrefinenet.training import (
 log = logging.getLogger("patchrefinenet")
 
 # Settings that define the optimisation trajectory: a resumed run must use the saved values.
-_RUN_KEYS = ("width", "row7_quirk", "lr", "batch_size", "shuffle", "decay_after", "stop_after", "lr_factor",
+_RUN_KEYS = ("width", "row7_quirk", "residual", "lr", "batch_size", "shuffle", "decay_after", "stop_after", "lr_factor",
              "min_lr", "augment", "patch_bn_stats", "upstream_order", "seed", "max_batches_per_epoch")
 
 
@@ -71,6 +71,7 @@ class RefineTrainConfig:
     patch_size: int | None = None
     width: int = 32
     row7_quirk: bool = False
+    residual: bool = False
     epochs: int = 300
     lr: float = 8e-4
     batch_size: int = 1
@@ -149,7 +150,8 @@ class _Run:
                         "pseudo-label patches do not coincide along the width", h, w, self.choice.grid, self.choice.patch_size)
         self.pseudo = data / pseudo_label_name(self.choice.patch_size)
         self.out = RefineOutputs(Path(cfg.output_root), self.choice.aux_name)
-        self.prn_config = PRNConfig(grid=self.choice.grid, width=cfg.width, row7_quirk=cfg.row7_quirk)
+        self.prn_config = PRNConfig(grid=self.choice.grid, width=cfg.width, row7_quirk=cfg.row7_quirk,
+                                    residual=cfg.residual)
         self.config_record = self._config_record(n, h, w)
         self.cuda = self.device.type == "cuda"
         self.bf16 = cfg.bf16 and self.cuda
