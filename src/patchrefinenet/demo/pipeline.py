@@ -11,6 +11,10 @@ Stages (all on by default; ``--stages`` picks some, each skips work whose output
 4. ``prn``     — train PRN at two grids and predict (``src/<ds>/refine-models/{train,predict}.py``);
 5. ``report``  — the results table (Markdown + JSON) and the figures (:mod:`.report`).
 
+``--weak`` adds the weakly-supervised branch (:mod:`.weak`, rloss) before the report: base models
+trained from scribbles with pCE alone and with pCE + DenseCRF loss, PRN p64 on the latter; their
+rows join the table (under ``<root>/weak-pce/`` and ``<root>/weak-crf/``).
+
 Everything lives under ``--root`` (default ``runs/demo``): ``data/``, ``<ds>.toml`` (the reduced
 dataset config), ``seg-models/`` and ``refine-models/`` (checkpoints and logs, as under ``src/<ds>/``).
 """
@@ -43,19 +47,20 @@ class DemoConfig:
     """Sizes and budgets of one demo run (primitives only; saved next to the results)."""
 
     kind: str = "roads"
-    n_train: int = 240
-    n_val: int = 120
+    n_train: int = 160
+    n_val: int = 80                # the PRN training set (the authors train PRN on the base model's val split)
     n_test: int = 60
     image_size: int = 256          # generated images
     input_size: int = 128          # network input and PRN map side
     base_model: str = "dlinknet"
     base_width: int = 8            # ResUNet++ only: filters (w, 2w, 4w, 8w, 16w); authors: 32
-    base_epochs: int = 40
-    base_batch_size: int = 8
+    base_epochs: int = 10          # the 10-minute budget, not convergence: val IoU is still rising
+    base_batch_size: int = 4
     base_lr: float = 1e-3
     prn_width: int = 8
-    prn_epochs: int = 30
+    prn_epochs: int = 10
     prn_lr: float = 8e-4
+    prn_residual: bool = True      # PRN heads correct the base logit (see PRNConfig.residual)
     grids: tuple[str, ...] = ("p0", "p64")
     seed: int = 0
 
@@ -110,10 +115,23 @@ def demo_spec(cfg: DemoConfig, dataset: str) -> DatasetSpec:
                                prn_size=cfg.input_size, train=train)
 
 
-def _common(paths: DemoPaths, cfg: DemoConfig, side: str) -> list[str]:
+def script_args(paths: DemoPaths, side: str, progress: bool, config: Path | None = None) -> list[str]:
+    """The flags every seg-/refine-models script gets in the demo: config, roots, CPU, progress bars."""
     root = paths.seg_root if side == "seg" else paths.refine_root
-    return ["--config", str(paths.config), "--data_root", str(paths.data_root), "--output_root", str(root),
-            "--device", "cpu"]
+    return ["--config", str(config or paths.config), "--data_root", str(paths.data_root), "--output_root", str(root),
+            "--device", "cpu", "--progress", str(progress)]
+
+
+def prn_train_args(cfg: DemoConfig) -> list[str]:
+    """``refine-models/train.py`` flags of the demo's PRNs (width, epochs, lr, residual heads, seed)."""
+    return ["--width", str(cfg.prn_width), "--epochs", str(cfg.prn_epochs), "--lr", str(cfg.prn_lr),
+            "--residual", str(cfg.prn_residual), "--seed", str(cfg.seed)]
+
+
+# PRN trains with batch size 1, so its BatchNorm statistics are per image; predicting with per-image
+# statistics (the authors' inference) matches that, while running statistics can be far off (the
+# recurrent blocks reuse each BatchNorm for differently scaled inputs).
+PRN_PREDICT_ARGS = ["--checkpoint", "True", "--batch_stats", "True", "--figure", "0"]
 
 
 def patch_size_for(aux: str, input_size: int) -> int:
@@ -130,39 +148,40 @@ def run_data(cfg: DemoConfig, paths: DemoPaths, progress: bool) -> None:
                        size=cfg.image_size, seed=cfg.seed, progress=progress)
 
 
-def run_base(cfg: DemoConfig, paths: DemoPaths, force: bool) -> None:
+def run_base(cfg: DemoConfig, paths: DemoPaths, force: bool, progress: bool) -> None:
     weights = paths.seg_root / "checkpoints" / cfg.base_model / f"{cfg.base_model}_weights.th"
     if weights.is_file() and not force:
         log.info("demo: base model already trained (%s); --force retrains", weights)
         return
     width = ["--model_width", str(cfg.base_width)] if cfg.base_model == "resunetplusplus" else []
-    argv = ["--model", cfg.base_model, "--no-pretrained", "--seed", str(cfg.seed), *width, *_common(paths, cfg, "seg")]
+    argv = ["--model", cfg.base_model, "--no-pretrained", "--seed", str(cfg.seed), *width,
+            *script_args(paths, "seg", progress)]
     seg_train.main(paths.script("seg", "train.py"), argv)
 
 
-def run_arrays(cfg: DemoConfig, paths: DemoPaths, force: bool) -> None:
+def run_arrays(cfg: DemoConfig, paths: DemoPaths, force: bool, progress: bool) -> None:
     arrays = paths.arrays(cfg.base_model)
     if force or not (arrays / "test_input.npy").is_file() or not (arrays / "val_pred.npy").is_file():
         generate_aux.main(paths.script("seg", "generate_aux_training_data.py"),
-                          ["--model", cfg.base_model, *_common(paths, cfg, "seg")])
+                          ["--model", cfg.base_model, *script_args(paths, "seg", progress)])
     sizes = sorted({patch_size_for(a, cfg.input_size) for a in cfg.grids})
     generate_rst.main(paths.script("seg", "generate_rst.py"),
-                      ["--model", cfg.base_model, "--patch_size", *map(str, sizes), *_common(paths, cfg, "seg")])
+                      ["--model", cfg.base_model, "--patch_size", *map(str, sizes),
+                       *script_args(paths, "seg", progress)])
     calculate_base_iou.main(paths.script("seg", "calculate_base_iou.py"),
-                            ["--model", cfg.base_model, *_common(paths, cfg, "seg")])
+                            ["--model", cfg.base_model, *script_args(paths, "seg", progress)])
 
 
-def run_prn(cfg: DemoConfig, paths: DemoPaths, force: bool) -> None:
+def run_prn(cfg: DemoConfig, paths: DemoPaths, force: bool, progress: bool) -> None:
     for aux in cfg.grids:
         weights = paths.refine_root / "checkpoints" / aux / f"{aux}_weights.th"
         if force or not weights.is_file():
             refine_train.main(paths.script("refine", "train.py"),
-                              ["--base_model", cfg.base_model, "--aux_model", aux, "--width", str(cfg.prn_width),
-                               "--epochs", str(cfg.prn_epochs), "--lr", str(cfg.prn_lr), "--seed", str(cfg.seed),
-                               *_common(paths, cfg, "refine")])
+                              ["--base_model", cfg.base_model, "--aux_model", aux, *prn_train_args(cfg),
+                               *script_args(paths, "refine", progress)])
         refine_predict.main(paths.script("refine", "predict.py"),
-                            ["--base_model", cfg.base_model, "--aux_model", aux, "--checkpoint", "True",
-                             "--save_probs", "True", "--figure", "0", *_common(paths, cfg, "refine")])
+                            ["--base_model", cfg.base_model, "--aux_model", aux, *PRN_PREDICT_ARGS, "--save_probs",
+                             "True", *script_args(paths, "refine", progress)])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
                     "layout, train a base model from scratch, make pseudo-labels, train PRN at two patch grids, "
                     "and write a results table and figures. Each stage reuses the per-dataset scripts.",
         epilog="examples:\n  python demo.py\n  python demo.py --fast\n  python demo.py --kind polyps\n"
-               "  python demo.py --stages prn report --force",
+               "  python demo.py --stages prn report --force\n  python demo.py --weak   # + scribble-supervised base models",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kind", choices=sorted(DATASETS), default="roads",
                    help="synthetic dataset: roads (DeepGlobe-like, default), polyps (Kvasir-like), saliency (DUTS-like)")
@@ -187,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prn_epochs", type=int, default=None, help="max epochs of each PRN")
     p.add_argument("--copy_figures", type=Path, default=None, help="also copy the figures into this folder "
                    "(the README's images/ were made with --copy_figures images)")
+    p.add_argument("--weak", action="store_true",
+                   help="also train base models from scribbles (pCE, pCE + DenseCRF loss) and PRN p64 on the "
+                        "latter, and add their rows to the table (about twice the default run's time)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -195,6 +217,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the demo; returns the report (the rows of the results table)."""
     from patchrefinenet.demo.report import write_report  # matplotlib is only needed here
+    from patchrefinenet.demo.weak import run_weak  # imports this module
 
     args = _parser().parse_args(argv)
     overrides = {k: v for k, v in (("kind", args.kind), ("seed", args.seed), ("base_model", args.base_model),
@@ -211,23 +234,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
         write_text_atomic(paths.config, spec_to_toml(demo_spec(cfg, dataset),
                                                      header=f"Demo variant of src/{dataset}/dataset.toml, written by demo.py"))
         write_text_atomic(paths.root / "demo_config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-        log.info("demo: %s data (%s layout) under %s; stages %s", cfg.kind, dataset, paths.root, " ".join(args.stages))
+        log.info("demo: %s data (%s layout) under %s; stages %s%s", cfg.kind, dataset, paths.root,
+                 " ".join(args.stages), " + weak" if args.weak else "")
         timings: dict[str, float] = {}
         progress = not args.quiet
-        for stage in STAGES:
-            if stage not in args.stages:
-                continue
+        weak_rows: list[dict] = []
+        stages = [s for s in STAGES if s in args.stages]
+        if args.weak:
+            stages.insert(stages.index("report") if "report" in stages else len(stages), "weak")
+        for stage in stages:
             t0 = time.perf_counter()
             if stage == "data":
                 run_data(cfg, paths, progress)
             elif stage == "base":
-                run_base(cfg, paths, args.force)
+                run_base(cfg, paths, args.force, progress)
             elif stage == "arrays":
-                run_arrays(cfg, paths, args.force)
+                run_arrays(cfg, paths, args.force, progress)
             elif stage == "prn":
-                run_prn(cfg, paths, args.force)
+                run_prn(cfg, paths, args.force, progress)
+            elif stage == "weak":
+                weak_rows = run_weak(cfg, paths, force=args.force, progress=progress)
             else:
-                report = write_report(cfg, paths, progress=progress)
+                report = write_report(cfg, paths, progress=progress, extra_rows=weak_rows)
             timings[stage] = time.perf_counter() - t0
             log.info("demo: stage %s done in %.1f s", stage, timings[stage])
         if "report" not in args.stages:

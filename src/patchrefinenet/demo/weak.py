@@ -34,7 +34,7 @@ from data_utils.scribbles import UNLABELLED, read_scribble
 from data_utils.spec import load_dataset_spec
 from patchrefinenet.cli import (calculate_base_iou, generate_aux, generate_rst, generate_scribbles, refine_predict,
                                 refine_train, seg_train)
-from patchrefinenet.demo.pipeline import DemoPaths
+from patchrefinenet.demo.pipeline import PRN_PREDICT_ARGS, DemoPaths, patch_size_for, prn_train_args, script_args
 from patchrefinenet.metrics import SegmentationMeter
 
 log = logging.getLogger("patchrefinenet")
@@ -121,17 +121,14 @@ def run_weak(cfg, paths, *, force: bool = False, progress: bool = True) -> list[
     Rows: ``{"method", "pooled_iou", "mean_iou", "dice", "note"}`` on the test split, for the pCE-only
     base, the pCE + DenseCRF base and PRN p64 on the latter.
     """
-    from patchrefinenet.demo.pipeline import patch_size_for  # lazy: the pipeline imports this module
-
     if not paths.config.is_file() or not (paths.data_root / paths.dataset / "seg-models").is_dir():
         raise InputError(f"the weak-supervision demo needs the demo dataset under {paths.data_root} and its config "
                          f"{paths.config}; run the data stage first (python demo.py --stages data)")
     spec = load_dataset_spec(paths.config)
-    quiet = [] if progress else ["--quiet"]
     if force or not _scribbles_current(spec, paths.data_root, cfg.seed):
         generate_scribbles.main(paths.script("seg", "generate_scribbles.py"),
                                 ["--config", str(paths.config), "--data_root", str(paths.data_root),
-                                 "--seed", str(cfg.seed), "--splits", "train", *quiet])
+                                 "--seed", str(cfg.seed), "--splits", "train", "--progress", str(progress)])
     fraction = labelled_fraction(spec, paths.data_root)
     log.info("demo (weak): %.2f%% of the train pixels carry a scribble label", 100 * fraction)
 
@@ -140,8 +137,7 @@ def run_weak(cfg, paths, *, force: bool = False, progress: bool = True) -> list[
     for variant in VARIANTS:
         weak = WeakPaths(paths.root / f"weak-{variant.name}", paths.dataset)
         link_data(paths.data_root, weak)
-        seg = ["--model", model, "--config", str(paths.config), "--data_root", str(weak.data_root),
-               "--output_root", str(weak.seg_root), "--device", "cpu"]
+        seg = ["--model", model, *script_args(weak, "seg", progress, config=paths.config)]
         weights = weak.seg_root / "checkpoints" / model / f"{model}_weights.th"
         if force or not weights.is_file():
             width = ["--model_width", str(cfg.base_width)] if model == "resunetplusplus" else []
@@ -158,16 +154,13 @@ def run_weak(cfg, paths, *, force: bool = False, progress: bool = True) -> list[
             continue
         generate_rst.main(paths.script("seg", "generate_rst.py"),
                           [*seg, "--patch_size", str(patch_size_for(PRN_GRID, cfg.input_size))])
-        refine = ["--base_model", model, "--aux_model", PRN_GRID, "--config", str(paths.config),
-                  "--data_root", str(weak.data_root), "--output_root", str(weak.refine_root), "--device", "cpu"]
+        refine = ["--base_model", model, "--aux_model", PRN_GRID,
+                  *script_args(weak, "refine", progress, config=paths.config)]
         prn_weights = weak.refine_root / "checkpoints" / PRN_GRID / f"{PRN_GRID}_weights.th"
         if force or not prn_weights.is_file():
-            refine_train.main(paths.script("refine", "train.py"),
-                              [*refine, "--width", str(cfg.prn_width), "--epochs", str(cfg.prn_epochs),
-                               "--lr", str(cfg.prn_lr), "--seed", str(cfg.seed)])
+            refine_train.main(paths.script("refine", "train.py"), [*refine, *prn_train_args(cfg)])
         result = refine_predict.main(paths.script("refine", "predict.py"),
-                                     [*refine, "--checkpoint", "True", "--figure", "0",
-                                      "--progress", str(progress)])
+                                     [*refine, *PRN_PREDICT_ARGS])
         rows.append({"method": f"PRN {PRN_GRID} on the pCE + DenseCRF base",
                      **{k: float(result["refined"][k]) for k in METRICS},
                      "note": "PRN trained on RST pseudo-labels from the full val masks"})
