@@ -146,7 +146,8 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
                              f"or pass the file with --checkpoint_path")
     cfg = RefineTrainConfig(
         data_dir=str(run.data_dir), output_root=str(run.output_root), aux_model=args.aux_model,
-        patch_size=args.patch_size, width=args.width, row7_quirk=args.row7_quirk, residual=args.residual, epochs=args.epochs, lr=args.lr,
+        patch_size=args.patch_size, width=args.width, row7_quirk=args.row7_quirk, residual=args.residual,
+        epochs=args.epochs, lr=args.lr,
         batch_size=run.spec.refine.batch_size if args.batch_size is None else args.batch_size,
         shuffle=run.spec.refine.shuffle if args.shuffle is None else args.shuffle, augment=args.augment,
         patch_bn_stats=args.patch_bn_stats, seed=args.seed, device=args.device, bf16=args.bf16,

@@ -208,7 +208,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(the README's images/ were made with --copy_figures images)")
     p.add_argument("--weak", action="store_true",
                    help="also train base models from scribbles (pCE, pCE + DenseCRF loss) and PRN p64 on the "
-                        "latter, and add their rows to the table (about twice the default run's time)")
+                        "latter, and add their rows to the table (trains two more base models: well over twice the "
+                        "default run's time)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

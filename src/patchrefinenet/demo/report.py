@@ -167,7 +167,7 @@ def write_report(cfg, paths, progress: bool = True, extra_rows: Sequence[dict] =
         if l is not None:
             add(f"PRN {aux}, global head alone", _score([(np.asarray(g) > 0.5, np.asarray(test_gt))]),
                 "predict.py --combine global")
-    rows.extend({"method": r["method"], **{k: float(r[k]) for k in METRICS}, "note": r.get("note", "")}
+    rows.extend({"method": r["method"], **{m: float(r[m]) for m in METRICS}, "note": r.get("note", "")}
                 for r in extra_rows)
 
     from patchrefinenet.demo.pipeline import patch_size_for

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,10 @@ class RefineTrainConfig:
         return asdict(self)
 
 
+# Default value of every field that has one (resume files from older versions may lack new keys).
+_DEFAULTS = {f.name: f.default for f in fields(RefineTrainConfig) if f.default is not MISSING}
+
+
 def train_prn(cfg: RefineTrainConfig, dataset_spec: dict | None = None) -> dict:
     """Train a PRN as configured; returns ``best_loss``, ``epochs_run``, ``checkpoint`` (path of the
     best weights), ``last``, ``history`` (per-epoch dicts), ``stopped`` (reason or None), ``aux``,
@@ -197,7 +201,8 @@ class _Run:
         if ts is None or "optimizer" not in ts:
             raise InputError(f"{self.out.last} holds no training state; it is not a resume file")
         saved_model = (ck.config or {}).get("model", {})
-        saved_train = (ck.config or {}).get("train", {})
+        # a key missing from an older file had its default value then (e.g. ``residual``)
+        saved_train = {**_DEFAULTS, **(ck.config or {}).get("train", {})}
         diffs = [f"{k}: saved {saved_train.get(k)!r}, now {getattr(self.cfg, k)!r}"
                  for k in _RUN_KEYS if saved_train.get(k) != getattr(self.cfg, k)]
         if saved_model.get("grid") != self.prn_config.grid:
