@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from data_utils.errors import InputError
-from data_utils.spec import load_dataset_spec
-from patchrefinenet.cli.common import cli_entry, dataset_dir_from_script, setup_logging, str2bool
+from patchrefinenet.cli.common import cli_entry, setup_logging, str2bool
 from patchrefinenet.cli.refine_train import refine_parser, resolve_refine_script
 
 # The engine (torch) is imported in main(), after parsing, so that --help answers at once.
@@ -31,16 +30,11 @@ so BatchNorm used per-image / per-patch statistics); the default uses running st
 
 
 def _parser(script_file: str) -> argparse.ArgumentParser:
-    ds_dir = dataset_dir_from_script(script_file)
-    try:
-        model = load_dataset_spec(ds_dir / "dataset.toml").base_model
-    except InputError:
-        model = "<base_model>"
     parser = refine_parser(
         script_file, "Refine the base model's test probability maps with a trained PatchRefineNet and score "
                      "them (pooled IoU as the authors' 'mIoU', plus Dice, precision, recall, MAE) against the "
                      "base model and each head alone.",
-        _EXAMPLES.format(ds=ds_dir.name, m=model))
+        _EXAMPLES)
     parser.add_argument("--batch_stats", type=str2bool, nargs="?", const=True, default=False,
                         help="BatchNorm with the current batch's statistics, per patch in the local decoder "
                              "(the authors' inference); default False = eval mode")

@@ -31,11 +31,19 @@ class RefineScript:
 
 
 def refine_parser(script_file: str, description: str, examples: str) -> argparse.ArgumentParser:
-    """An argument parser with the flags shared by ``src/<ds>/refine-models/{train,predict}.py``."""
-    ds = dataset_dir_from_script(script_file).name
+    """An argument parser with the flags shared by ``src/<ds>/refine-models/{train,predict}.py``.
+
+    ``examples`` is a template with ``{ds}`` (the dataset folder) and ``{m}`` (its base model).
+    """
+    ds_dir = dataset_dir_from_script(script_file)
+    ds = ds_dir.name
+    try:
+        model = load_dataset_spec(ds_dir / "dataset.toml").base_model
+    except InputError:
+        model = "<base_model>"
     parser = argparse.ArgumentParser(
         prog=f"python src/{ds}/refine-models/{Path(script_file).name}", description=description,
-        epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=examples.format(ds=ds, m=model), formatter_class=argparse.RawDescriptionHelpFormatter)
     grid = parser.add_argument_group("patch grid (give one)")
     grid.add_argument("--aux_model", default=None,
                       help="pN, N = number of patches: p0 (global only), p4 (2×2), p16 (4×4), p64 (8×8), ...")
@@ -95,16 +103,11 @@ Writes checkpoints/<aux>/<aux>_weights.th (best), <aux>_last.th (resume) and log
 
 
 def _parser(script_file: str) -> argparse.ArgumentParser:
-    ds_dir = dataset_dir_from_script(script_file)
-    try:
-        model = load_dataset_spec(ds_dir / "dataset.toml").base_model
-    except InputError:
-        model = "<base_model>"
     parser = refine_parser(
         script_file, "Train PatchRefineNet on the base model's validation probability maps with the authors' "
                      "recipe (Adam 8e-4; plateau rule: after 5 epochs without improvement reload the best "
                      "weights and lr/1.1, stop after 9).",
-        _EXAMPLES.format(ds=ds_dir.name, m=model))
+        _EXAMPLES)
     parser.add_argument("--resume", type=str2bool, nargs="?", const=True, default=False,
                         help="continue an interrupted run from checkpoints/<aux>/<aux>_last.th")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, shuffling, augmentation (default: 0)")
