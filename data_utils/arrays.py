@@ -84,10 +84,14 @@ def check_probabilities(maps, name: str, start: int = 0) -> None:
     bad = (lo < 0) | (hi > 1)
     if bad.any():
         i = int(np.argmax(bad))
+        if maps.dtype.kind in "ui" and float(lo.min()) >= 0 and float(hi.max()) <= 255:
+            hint = "it looks like an 8-bit image (0-255): divide by 255"
+        else:
+            hint = "did you pass logits? apply a sigmoid"
         raise InputError(
             f"{name}: image {start + i} has values in [{float(lo[i]):.4g}, {float(hi[i]):.4g}], "
             f"outside [0, 1] (whole slice: [{float(lo.min()):.4g}, {float(hi.max()):.4g}]); "
-            f"probabilities are expected - did you pass logits? apply a sigmoid"
+            f"probabilities are expected - {hint}"
         )
 
 

@@ -7,7 +7,7 @@ drives everything; the two preprocessing orders are
 
 * ``pad_to_square = false`` (DeepGlobe, Kvasir): uint8 BGR image and mask are area-resized to
   ``input_size``, augmented there, then the image is scaled (``deepglobe``: x/255·3.2−1.6,
-  ``unit``: x/255) and the mask is divided by 255 and binarised at ≥ 0.5;
+  ``unit``: x/255) and the mask is divided by 255 (by 1 if stored as 0/1) and binarised at ≥ 0.5;
 * ``pad_to_square = true`` (DUTS, PFANet's loader): image as float32, mask divided by its own
   maximum (all-black masks stay zero), augmentation at native size, black padding to a square
   (half the difference on each side, rounded down), area resize to ``input_size``, x/255 and
@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,22 +125,59 @@ def read_split(spec: DatasetSpec, data_root: str | Path, split: str) -> list[Sam
     return samples
 
 
+def _check_complete_jpeg(path: Path, what: str) -> None:
+    """Refuse a truncated JPEG: libjpeg decodes it anyway and fills the missing rows with grey."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":  # not a JPEG, whatever its name (decoded by content)
+            return
+        f.seek(0, io.SEEK_END)
+        f.seek(max(0, f.tell() - 64))
+        tail = f.read().rstrip(b"\x00\r\n\t ")  # some writers pad after the end marker
+    if not tail.endswith(b"\xff\xd9"):
+        raise InputError(f"{what} {path} is a truncated JPEG (no end-of-image marker); download or copy "
+                         f"the file again, or remove it from the split CSV")
+
+
 def read_image(path: Path) -> np.ndarray:
-    """An H×W×3 uint8 image in OpenCV's BGR order; unreadable files raise :class:`InputError`."""
+    """An H×W×3 uint8 image in OpenCV's BGR order; unreadable or truncated files raise :class:`InputError`."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise InputError(f"cannot read image {path} (missing, empty or not an image); replace the "
                          f"file or remove it from the split CSV")
+    _check_complete_jpeg(path, "image")
     return image
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """An H×W uint8 mask read as grayscale; unreadable files raise :class:`InputError`."""
+    """An H×W uint8 mask read as grayscale; unreadable or truncated files raise :class:`InputError`."""
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise InputError(f"cannot read mask {path} (missing, empty or not an image); replace the "
                          f"file or remove it from the split CSV")
+    _check_complete_jpeg(path, "mask")
     return mask
+
+
+_ZERO_ONE_MASK_DIRS: set[Path] = set()  # folders already reported as holding 0/1 masks
+
+
+def mask_scale(mask: np.ndarray, path: Path, mode: str) -> float:
+    """What a raw uint8 mask is divided by to reach [0, 1].
+
+    ``soft_max`` masks: their own maximum (all-black stays zero). Otherwise 255, except for masks
+    stored as 0/1 (maximum 1), which are read as binary — said once per folder in the log.
+    """
+    mask_max = float(mask.max())
+    if mode == "soft_max":
+        return mask_max if mask_max > 0 else 1.0
+    if mask_max == 1.0:
+        folder = Path(path).parent
+        if folder not in _ZERO_ONE_MASK_DIRS:
+            _ZERO_ONE_MASK_DIRS.add(folder)
+            logging.getLogger("patchrefinenet").info(
+                "masks in %s hold 0/1 values (e.g. %s): read as binary, 1 = foreground", folder, Path(path).name)
+        return 1.0
+    return 255.0
 
 
 def pad_to_square(image: np.ndarray, value: float = 0) -> np.ndarray:
@@ -270,14 +308,13 @@ def _prepare(spec: DatasetSpec, sample: Sample, *, augment: bool, rng: np.random
                              f"but the mask is {mask.shape[1]}x{mask.shape[0]}; regenerate the scribbles with "
                              f"`python src/{spec.name}/seg-models/generate_scribbles.py`")
         roi = np.ones(mask.shape, dtype=np.uint8)
-    mask_max = float(mask.max())
-    mask_scale = (mask_max if mask_max > 0 else 1.0) if spec.mask_mode == "soft_max" else 255.0
+    scale = mask_scale(mask, sample.mask_path, spec.mask_mode)
     size = (spec.input_size, spec.input_size)
     augmentation = AUGMENTATIONS[spec.train.augmentation]
     replay = copy.deepcopy(rng) if augment and scribble is not None else None  # the same draws, for the scribble
     if spec.pad_to_square:
         image = image.astype(np.float32)
-        mask = mask.astype(np.float32) / np.float32(mask_scale)
+        mask = mask.astype(np.float32) / np.float32(scale)
         if augment:
             source = image
             image, mask = augmentation(image, mask, rng)
@@ -299,7 +336,7 @@ def _prepare(spec: DatasetSpec, sample: Sample, *, augment: bool, rng: np.random
             image, mask = augmentation(image, mask, rng)
             if scribble is not None:
                 scribble, roi = _follow_geometry(augmentation, source, scribble, replay)
-        mask = mask.astype(np.float32) / np.float32(mask_scale)
+        mask = mask.astype(np.float32) / np.float32(scale)
     if spec.channel_order == "rgb":
         image = np.ascontiguousarray(image[..., ::-1])
     binarise = spec.mask_mode == "binary" if binary_mask is None else binary_mask

@@ -120,3 +120,10 @@ def test_open_maps_errors_name_the_path(tmp_path):
     with pytest.raises(InputError, match=r"gt \(.*wrong\.npy\).*\(2, 3, 4, 5\)"):
         open_maps(wrong, "gt")
 
+
+
+def test_uint8_probabilities_in_0_255_are_told_to_divide_by_255():
+    maps = np.full((2, 8, 8), 200, np.uint8)
+    with pytest.raises(InputError, match="divide by 255") as info:
+        check_probabilities(maps, "val_pred.npy")
+    assert "sigmoid" not in str(info.value)

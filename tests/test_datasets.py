@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from pathlib import Path
 
@@ -384,3 +385,45 @@ def test_augment_without_rng_is_refused(deepglobe):
     root, spec = deepglobe
     with pytest.raises(InputError, match="rng"):
         load_sample(spec, read_split(spec, root, "train")[0], augment=True)
+
+
+def test_masks_stored_as_zero_one_are_read_as_binary_and_said_once(deepglobe):
+    root, spec = deepglobe
+    samples = read_split(spec, root, "train")
+    expected = load_sample(spec, samples[0])[1]  # from the 0/255 files
+    assert expected.any()
+    for s in samples:  # the same masks stored as 0/1
+        write_exact(s.mask_path, (cv2.imread(str(s.mask_path), cv2.IMREAD_GRAYSCALE) > 0).astype(np.uint8))
+    logger = logging.getLogger("patchrefinenet")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        got = [load_sample(spec, s)[1] for s in samples]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    np.testing.assert_array_equal(got[0], expected)
+    said = [r.getMessage() for r in records if "0/1" in r.getMessage()]
+    assert len(said) == 1 and str(samples[0].mask_path.parent) in said[0]
+
+
+def test_truncated_jpeg_image_or_mask_is_refused_with_its_name(deepglobe):
+    root, spec = deepglobe
+    sample = read_split(spec, root, "train")[0]
+    rng = np.random.default_rng(0)
+    ok, buf = cv2.imencode(".jpg", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    assert ok
+    sample.image_path.write_bytes(buf.tobytes())
+    load_sample(spec, sample)  # a complete JPEG reads
+    sample.image_path.write_bytes(buf.tobytes()[: len(buf) // 2])
+    with pytest.raises(InputError, match=f"{sample.image_path}.*truncated JPEG"):
+        load_sample(spec, sample)
+    sample = read_split(spec, root, "train")[1]
+    ok, buf = cv2.imencode(".jpg", np.zeros((64, 64), np.uint8))
+    sample.mask_path.write_bytes(buf.tobytes()[:-2])
+    with pytest.raises(InputError, match=f"mask {sample.mask_path}.*truncated"):
+        load_sample(spec, sample)
