@@ -5,8 +5,9 @@ Usage (from any folder):
     python download.py --datasets kvasir --data     # kvasir weights + data.zip unpacked into data/
     python download.py --dest /somewhere/else       # install under another root
 
-Weights land in src/<dataset>/seg-models/checkpoints/<base_model>/ and
-src/<dataset>/refine-models/checkpoints/p64/. Offline, it exits with the manual Drive links.
+Weights land in src/<dataset>/{seg,refine}-models/checkpoints/released/ (training writes
+checkpoints/<name>/, so neither replaces the other). Files already in place are kept unless
+--overwrite True. Offline, it exits with the manual Drive links.
 """
 from data_utils.download import main
 

@@ -3,8 +3,12 @@
 Each dataset's archive holds its base-model weights and the released PRN weights; they are
 placed where the scripts look for them, derived from ``src/<ds>/dataset.toml``:
 
-* ``src/<ds>/seg-models/checkpoints/<base_model>/<checkpoint>``
-* ``src/<ds>/refine-models/checkpoints/<checkpoint_aux_model>/<refine.checkpoint>``
+* ``src/<ds>/seg-models/checkpoints/released/<checkpoint>``
+* ``src/<ds>/refine-models/checkpoints/released/<refine.checkpoint>``
+
+``released/`` is theirs alone: training writes ``checkpoints/<name>/``, so a download never
+replaces a trained file and training never replaces a downloaded one. A file already in place is
+never replaced unless ``overwrite`` (``--overwrite True``) is given.
 
 ``data.zip`` (6.7 GB) is unpacked into ``<dest>/data/`` (a leading ``data/`` folder inside the zip
 is dropped). Two Drive ids are known for it: the README's, tried first, then the one in the
@@ -33,7 +37,8 @@ from tqdm import tqdm
 
 from data_utils.errors import InputError
 from data_utils.io import atomic_path
-from data_utils.spec import DATASET_NAMES, DatasetSpec, dataset_spec_path, load_dataset_spec, repo_root, resolve_dataset_name
+from data_utils.spec import (DATASET_NAMES, DatasetSpec, dataset_spec_path, load_dataset_spec, released_checkpoint_dir,
+                             repo_root, resolve_dataset_name)
 
 log = logging.getLogger("patchrefinenet")
 
@@ -81,9 +86,8 @@ def model_destinations(spec: DatasetSpec, dest_root: str | Path) -> list[tuple[s
     """(file name inside the archive, destination) for the base and PRN weights of ``spec``."""
     src = Path(dest_root) / "src" / spec.name
     return [
-        (spec.checkpoint, src / "seg-models" / "checkpoints" / spec.base_model / spec.checkpoint),
-        (spec.refine.checkpoint,
-         src / "refine-models" / "checkpoints" / spec.refine.checkpoint_aux_model / spec.refine.checkpoint),
+        (spec.checkpoint, released_checkpoint_dir(src / "seg-models") / spec.checkpoint),
+        (spec.refine.checkpoint, released_checkpoint_dir(src / "refine-models") / spec.refine.checkpoint),
     ]
 
 
@@ -193,11 +197,12 @@ def _manual_data(data_dir: Path, datasets: Sequence[str]) -> str:
 
 
 def download(datasets: Sequence[str] = DATASET_NAMES, *, dest_root: str | Path | None = None,
-             data: bool = False, force: bool = False) -> list[Path]:
+             data: bool = False, overwrite: bool = False) -> list[Path]:
     """Download and install the released weights of ``datasets`` (and ``data.zip`` if ``data``).
 
-    Files already in place are skipped unless ``force``. Returns the files written. Raises
-    :class:`DownloadError` listing every failure with manual links and destinations.
+    Files already in place are kept (and not downloaded again) unless ``overwrite``; only the
+    missing ones are installed. Returns the files written. Raises :class:`DownloadError` listing
+    every failure with manual links and destinations.
     """
     dest_root = Path(dest_root) if dest_root is not None else repo_root()
     names = list(dict.fromkeys(resolve_dataset_name(d) for d in datasets))
@@ -207,9 +212,13 @@ def download(datasets: Sequence[str] = DATASET_NAMES, *, dest_root: str | Path |
     manual: list[str] = []
     for name in names:
         targets = model_destinations(load_dataset_spec(dataset_spec_path(name)), dest_root)
-        if not force and all(dest.is_file() for _, dest in targets):
-            log.info("%s weights already in place (use --force to download again)", name)
-            continue
+        if not overwrite:
+            for _, dest in targets:
+                if dest.is_file():
+                    log.info("%s is already in place: kept (--overwrite True replaces it)", dest)
+            targets = [(n, dest) for n, dest in targets if not dest.is_file()]
+            if not targets:
+                continue
         archive = MODEL_ARCHIVES[name]
         try:
             written += _fetch([archive], dest_root,
@@ -219,15 +228,19 @@ def download(datasets: Sequence[str] = DATASET_NAMES, *, dest_root: str | Path |
             manual.append(_manual_models(archive, targets))
     data_dir = dest_root / "data"
     if data:
-        if not force and all((data_dir / n / "seg-models").is_dir() for n in names):
-            log.info("data for %s already in %s (use --force to download again)", ", ".join(names), data_dir)
-        else:
+        wanted = list(names)
+        if not overwrite:
+            present = [n for n in names if (data_dir / n / "seg-models").exists()]
+            if present:
+                log.info("data for %s already in %s: kept (--overwrite True replaces it)", ", ".join(present), data_dir)
+            wanted = [n for n in names if n not in present]
+        if wanted:
             try:
                 written += _fetch(DATA_ARCHIVES, dest_root,
-                                  lambda path, label: _install_data(path, label, data_dir, names))
+                                  lambda path, label: _install_data(path, label, data_dir, wanted))
             except DownloadError as exc:
                 reasons.append(f"  - data.zip: {exc}")
-                manual.append(_manual_data(data_dir, names))
+                manual.append(_manual_data(data_dir, wanted))
     if reasons:
         raise DownloadError("could not download {} archive(s):\n{}\nDownload by hand (e.g. in a browser) and put "
                             "the files in place:\n{}\nNo partial files were left behind."
@@ -242,6 +255,15 @@ def _dataset_arg(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _bool_arg(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "t", "yes", "y", "1", "on"):
+        return True
+    if v in ("false", "f", "no", "n", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of ``download.py``; exits 1 when a download fails, 2 on bad input."""
     parser = argparse.ArgumentParser(
@@ -254,11 +276,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", action="store_true", help="also download and unpack data.zip")
     parser.add_argument("--dest", type=Path, default=None,
                         help="root to install into (default: the repository root)")
-    parser.add_argument("--force", action="store_true", help="download again even if the files exist")
+    parser.add_argument("--overwrite", type=_bool_arg, nargs="?", const=True, default=False,
+                        help="replace files already in place (default False: they are kept, only missing files "
+                             "are downloaded); --force is the same as --overwrite True")
+    parser.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        written = download(args.datasets, dest_root=args.dest, data=args.data, force=args.force)
+        written = download(args.datasets, dest_root=args.dest, data=args.data, overwrite=args.overwrite)
     except DownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -98,8 +98,8 @@ class TrainRecipe:
 class RefineRecipe:
     """PatchRefineNet training settings and the released PRN checkpoint (R §7).
 
-    The released PRN weights live in
-    ``src/<name>/refine-models/checkpoints/<checkpoint_aux_model>/<checkpoint>``.
+    The released PRN weights live in ``src/<name>/refine-models/checkpoints/released/<checkpoint>``
+    (:func:`released_checkpoint_dir`); ``checkpoint_aux_model`` is the grid they were trained for.
     """
 
     batch_size: int
@@ -244,6 +244,15 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
 def seg_models_dir(spec: DatasetSpec, data_root: str | Path) -> Path:
     """``<data_root>/<name>/seg-models``: raw images, split CSVs, base-model test arrays."""
     return Path(data_root) / spec.name / "seg-models"
+
+
+RELEASED_DIR = "released"
+
+
+def released_checkpoint_dir(models_root: str | Path) -> Path:
+    """``<models_root>/checkpoints/released``: the authors' downloaded weights, kept apart from the
+    ``checkpoints/<name>/`` folders that training writes, so neither side overwrites the other."""
+    return Path(models_root) / "checkpoints" / RELEASED_DIR
 
 
 def split_csv_path(spec: DatasetSpec, data_root: str | Path, split: str) -> Path:

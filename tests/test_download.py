@@ -13,10 +13,11 @@ import data_utils.download as dl
 from data_utils.download import DATA_ARCHIVES, MODEL_ARCHIVES, DownloadError, download, main
 
 REPO = Path(__file__).resolve().parents[1]
-DG_BASE = Path("src/deepglobe/seg-models/checkpoints/dlinknet/dlinknet_weights.th")
-DG_PRN = Path("src/deepglobe/refine-models/checkpoints/p64/p64_weights.th")
-KV_BASE = Path("src/kvasir/seg-models/checkpoints/resunetplusplus/resunetplusplus_weights.th")
-KV_PRN = Path("src/kvasir/refine-models/checkpoints/p64/p64_weights.th")
+DG_BASE = Path("src/deepglobe/seg-models/checkpoints/released/dlinknet_weights.th")
+DG_PRN = Path("src/deepglobe/refine-models/checkpoints/released/p64_weights.th")
+KV_BASE = Path("src/kvasir/seg-models/checkpoints/released/resunetplusplus_weights.th")
+KV_PRN = Path("src/kvasir/refine-models/checkpoints/released/p64_weights.th")
+DG_TRAINED_PRN = Path("src/deepglobe/refine-models/checkpoints/p64/p64_weights.th")
 
 
 def make_zip(entries: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
@@ -59,8 +60,25 @@ def test_weights_land_where_the_scripts_look(tmp_path, drive):
     assert all_files(tmp_path) == sorted([DG_BASE, DG_PRN])          # no zip, no temporary folder left
 
     assert download(["deepglobe"], dest_root=tmp_path) == [] and len(calls) == 1   # already there: skipped
-    download(["deepglobe"], dest_root=tmp_path, force=True)
+    download(["deepglobe"], dest_root=tmp_path, overwrite=True)
     assert len(calls) == 2
+
+
+def test_download_never_replaces_a_file_it_did_not_write_unless_asked(tmp_path, drive):
+    files, calls = drive
+    files[MODEL_ARCHIVES["deepglobe"].file_id] = make_zip({
+        "deepglobe_models/dlinknet_weights.th": b"base", "deepglobe_models/p64_weights.th": b"prn"})
+    for rel, data in ((DG_TRAINED_PRN, b"mine, trained"), (DG_BASE, b"edited by hand")):
+        (tmp_path / rel).parent.mkdir(parents=True)
+        (tmp_path / rel).write_bytes(data)
+    assert download(["deepglobe"], dest_root=tmp_path) == [tmp_path / DG_PRN]   # only the missing file
+    assert (tmp_path / DG_TRAINED_PRN).read_bytes() == b"mine, trained"          # training's folder: untouched
+    assert (tmp_path / DG_BASE).read_bytes() == b"edited by hand"
+    with pytest.raises(SystemExit):
+        main(["--datasets", "deepglobe", "--dest", str(tmp_path), "--overwrite", "maybe"])
+    main(["--datasets", "deepglobe", "--dest", str(tmp_path), "--overwrite", "True"])
+    assert (tmp_path / DG_BASE).read_bytes() == b"base" and len(calls) == 2
+    assert (tmp_path / DG_TRAINED_PRN).read_bytes() == b"mine, trained"
 
 
 @pytest.mark.parametrize("evil", ["../evil.th", "/abs/evil.th", "deepglobe_models/../../evil.th", "C:/evil.th"])

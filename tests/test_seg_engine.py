@@ -213,3 +213,19 @@ def test_base_score_of_the_authors_arrays_by_hand(tmp_path):
 def test_base_score_without_arrays_says_how_to_make_them(tmp_path):
     with pytest.raises(InputError, match="generate_aux_training_data.py --model dlinknet.*demo.py"):
         calculate_base_iou(tiny_spec(), "dlinknet", data_root=tmp_path, output_root=tmp_path / "out", progress=False)
+
+
+def test_trained_base_weights_are_found_before_the_released_file(tmp_path):
+    """download.py puts the authors' file in checkpoints/released/; train.py writes checkpoints/<model>/."""
+    from patchrefinenet.seg.generate import find_base_checkpoint
+
+    spec = load_dataset_spec(dataset_spec_path("deepglobe"))
+    released = tmp_path / "checkpoints" / "released" / spec.checkpoint
+    released.parent.mkdir(parents=True)
+    released.write_bytes(b"theirs")
+    assert find_base_checkpoint(spec, spec.base_model, tmp_path) == released
+    ours = tmp_path / "checkpoints" / spec.base_model / f"{spec.base_model}_weights.th"
+    ours.parent.mkdir(parents=True)
+    ours.write_bytes(b"ours")
+    assert find_base_checkpoint(spec, spec.base_model, tmp_path) == ours
+    assert released.read_bytes() == b"theirs"

@@ -28,7 +28,7 @@ from data_utils.datasets import SegmentationSplit, seg_models_dir, to_prn_resolu
 from data_utils.errors import InputError
 from data_utils.io import open_memmap_atomic
 from data_utils.pseudo_labels import generate_pseudo_label_file
-from data_utils.spec import DatasetSpec
+from data_utils.spec import DatasetSpec, released_checkpoint_dir
 from patchrefinenet.checkpoint import LoadedCheckpoint, load_checkpoint, load_weights_strict
 from patchrefinenet.models import BASE_MODELS, build_base_model
 from patchrefinenet.models.prn import resolve_grid
@@ -66,22 +66,24 @@ def pseudo_label_paths(spec: DatasetSpec, data_root: str | os.PathLike, model_na
 
 
 def base_checkpoint_candidates(spec: DatasetSpec, model_name: str, output_root: str | os.PathLike) -> list[Path]:
-    """Where the weights of ``model_name`` are looked for, in order, under
-    ``<output_root>/checkpoints/<model>/``: ``<model>_weights.th`` (what ``train.py`` writes), then
-    the released file named in the dataset config (for DUTS sairajk's PFANet file), so a model
-    trained with this repository is used without renaming anything (fixes S §8.6)."""
+    """Where the weights of ``model_name`` are looked for, in order: ours,
+    ``<output_root>/checkpoints/<model>/<model>_weights.th`` (what ``train.py`` writes), then the
+    released file named in the dataset config under ``checkpoints/released/`` (where ``download.py``
+    puts it; for DUTS sairajk's PFANet file), then that name in ``checkpoints/<model>/`` (where
+    older versions put it). A model trained here is used without renaming anything (S §8.6)."""
     folder = Path(output_root) / "checkpoints" / model_name
-    names = [f"{model_name}_weights.th"]
-    if model_name == spec.base_model and spec.checkpoint not in names:
-        names.append(spec.checkpoint)
-    return [folder / n for n in names]
+    paths = [folder / f"{model_name}_weights.th"]
+    if model_name == spec.base_model:
+        paths += [released_checkpoint_dir(output_root) / spec.checkpoint, folder / spec.checkpoint]
+    return list(dict.fromkeys(paths))
 
 
 def find_base_checkpoint(spec: DatasetSpec, model_name: str, output_root: str | os.PathLike) -> Path:
     """The first existing file of :func:`base_checkpoint_candidates`, or an InputError saying how to get one."""
     candidates = base_checkpoint_candidates(spec, model_name, output_root)
-    for path in candidates:
+    for i, path in enumerate(candidates):
         if path.is_file():
+            log.info("%s weights: %s (%s)", model_name, path, "trained" if i == 0 else "released")
             return path
     looked = ", ".join(str(p) for p in candidates)
     released = ("download the released weights with `python download.py` or " if model_name == spec.base_model else "")
