@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -87,6 +87,7 @@ class RefineTrainConfig:
     device: str = "auto"
     bf16: bool = False
     channels_last: bool = False
+    compile: bool = False  # torch.compile the training forward (opt-in; the first batches compile)
     num_workers: int = 0
     max_batches_per_epoch: int | None = None
     resume: bool = False
@@ -119,7 +120,20 @@ class RefineTrainConfig:
 _DEFAULTS = {f.name: f.default for f in fields(RefineTrainConfig) if f.default is not MISSING}
 
 
-def train_prn(cfg: RefineTrainConfig, dataset_spec: dict | None = None) -> dict:
+@dataclass
+class TrainSource:
+    """In-memory training data for the engine, instead of the ``val_pred.npy`` files (used by
+    :meth:`patchrefinenet.refiner.Refiner.fit`): a dataset of items like :class:`RefineDataset`'s
+    (with ``pseudo``), its grid and a description for the logs and checkpoints."""
+
+    dataset: Any
+    choice: GridChoice
+    image_size: tuple[int, int]
+    description: str
+
+
+def train_prn(cfg: RefineTrainConfig, dataset_spec: dict | None = None, *, source: TrainSource | None = None,
+              selector: Callable[[PRN], tuple[float, dict]] | None = None) -> dict:
     """Train a PRN as configured; returns ``best_loss``, ``epochs_run``, ``checkpoint`` (path of the
     best weights), ``last``, ``history`` (per-epoch dicts), ``stopped`` (reason or None), ``aux``,
     ``grid``, ``log_file``, ``history_file`` and ``model`` (the PRN with the weights of the last
@@ -127,12 +141,17 @@ def train_prn(cfg: RefineTrainConfig, dataset_spec: dict | None = None) -> dict:
 
     Under ``torchrun`` every rank calls this; rank 0 writes files. ``dataset_spec`` (plain dict,
     e.g. ``DatasetSpec.to_dict()``) is stored in the checkpoints' config for provenance.
+
+    ``source`` replaces the files of ``cfg.data_dir`` by in-memory data. ``selector(model)``, if
+    given, scores the model (eval mode) on held-out maps after every epoch and returns
+    ``(score, details)``, higher is better; the plateau rule then follows ``-score`` instead of
+    the training loss, so the saved best weights are the best on the held-out maps.
     """
     device = resolve_device(cfg.device)
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = init_distributed(device)
     try:
-        return _Run(cfg, info, dataset_spec).run()
+        return _Run(cfg, info, dataset_spec, source, selector).run()
     finally:
         if owns_group and info.distributed:
             cleanup_distributed()
@@ -141,9 +160,21 @@ def train_prn(cfg: RefineTrainConfig, dataset_spec: dict | None = None) -> dict:
 class _Run:
     """One training run; split into steps so each reads on its own."""
 
-    def __init__(self, cfg: RefineTrainConfig, info: DistInfo, dataset_spec: dict | None) -> None:
+    def __init__(self, cfg: RefineTrainConfig, info: DistInfo, dataset_spec: dict | None,
+                 source: TrainSource | None = None, selector: Callable | None = None) -> None:
         self.cfg, self.info, self.device = cfg, info, info.device
-        self.dataset_spec = dataset_spec
+        self.dataset_spec, self.source, self.selector = dataset_spec, source, selector
+        self.cuda = self.device.type == "cuda"
+        self.bf16 = cfg.bf16 and self.cuda
+        self.channels_last = cfg.channels_last and self.cuda
+        if source is not None:
+            self.choice, (h, w) = source.choice, source.image_size
+            self.inputs = self.gt = self.pseudo = None
+            self.out = RefineOutputs(Path(cfg.output_root), self.choice.aux_name)
+            self.prn_config = PRNConfig(grid=self.choice.grid, width=cfg.width, row7_quirk=cfg.row7_quirk,
+                                        residual=cfg.residual)
+            self.config_record = self._config_record(len(source.dataset), h, w)
+            return
         data = Path(cfg.data_dir)
         self.inputs, self.gt = data / TRAIN_INPUTS, data / TRAIN_GT
         require_arrays({"PRN inputs": self.inputs, "ground truth": self.gt}, generator_hint(cfg.dataset, cfg.base_model))
@@ -157,15 +188,12 @@ class _Run:
         self.prn_config = PRNConfig(grid=self.choice.grid, width=cfg.width, row7_quirk=cfg.row7_quirk,
                                     residual=cfg.residual)
         self.config_record = self._config_record(n, h, w)
-        self.cuda = self.device.type == "cuda"
-        self.bf16 = cfg.bf16 and self.cuda
-        self.channels_last = cfg.channels_last and self.cuda
 
     # ------------------------------------------------------------------ setup
 
     def _ensure_pseudo_labels(self) -> None:
         """Make ``train_aux_gt_p_<P>.npy`` from the validation arrays if it is missing (rank 0, then all wait)."""
-        if not self.pseudo.is_file() and self.info.is_main:
+        if self.source is None and not self.pseudo.is_file() and self.info.is_main:
             log.info("pseudo-labels %s not found: generating them with %d-px patches", self.pseudo, self.choice.patch_size)
             generate_pseudo_label_file(self.inputs, self.gt, self.pseudo, self.choice.patch_size,
                                        progress=self.cfg.progress)
@@ -176,11 +204,13 @@ class _Run:
         dataset = {"name": self.cfg.dataset, "base_model": self.cfg.base_model, "n_images": n_images,
                    "image_size": [h, w], "inputs": str(self.inputs), "pseudo_labels": str(self.pseudo),
                    "ground_truth": str(self.gt), "spec": self.dataset_spec}
+        if self.source is not None:
+            dataset.update(inputs=self.source.description, pseudo_labels="computed per map", ground_truth="in memory")
         return {"model": self.prn_config.to_dict(), "train": self.cfg.to_dict(), "dataset": dataset}
 
     def _build_model(self) -> PRN:
         seed_everything(self.cfg.seed)
-        model = PRN(self.prn_config)
+        model = PRN(self.prn_config, check_values=False)  # RefineDataset checks every item: no sync per step
         if self.cfg.init_checkpoint:
             loaded, ck = load_prn(self.cfg.init_checkpoint, "cpu", expected_grid=self.choice.grid)
             load_weights_strict(model, loaded.state_dict(), f"--checkpoint {self.cfg.init_checkpoint}")
@@ -223,14 +253,19 @@ class _Run:
     def run(self) -> dict:
         cfg, info = self.cfg, self.info
         self._ensure_pseudo_labels()
-        dataset = RefineDataset(self.inputs, self.gt, self.pseudo, augment=cfg.augment, seed=cfg.seed)
-        n, (h, w) = len(dataset), dataset.image_size
+        if self.source is not None:
+            dataset, (h, w) = self.source.dataset, self.source.image_size
+        else:
+            dataset = RefineDataset(self.inputs, self.gt, self.pseudo, augment=cfg.augment, seed=cfg.seed)
+            h, w = dataset.image_size
+        n = len(dataset)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         log_file = self.out.train_log(stamp) if info.is_main else None
         with log_to_file(log_file):
             log.info("PRN training: %s", self.choice.description)
             log.info("data: %d maps of %d×%d from %s (pseudo-labels %s); world size %d on %s%s%s",
-                     n, h, w, cfg.data_dir, self.pseudo.name, info.world_size, self.device,
+                     n, h, w, self.source.description if self.source else cfg.data_dir,
+                     "computed per map" if self.source else self.pseudo.name, info.world_size, self.device,
                      ", bf16 autocast" if self.bf16 else "", ", channels_last" if self.channels_last else "")
             if (cfg.bf16 or cfg.channels_last) and not self.cuda:
                 log.warning("--bf16/--channels_last apply on CUDA only; ignored on %s", self.device)
@@ -255,11 +290,13 @@ class _Run:
         net = model
         if info.distributed:
             net = DistributedDataParallel(model, device_ids=[device.index] if self.cuda else None)
+        if cfg.compile:
+            net = torch.compile(net)
         sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=cfg.shuffle,
                                      seed=cfg.seed, drop_last=False)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                             pin_memory=self.cuda, persistent_workers=False)
-        loss_fn = PRNLoss(upstream_order=cfg.upstream_order)
+        loss_fn = PRNLoss(upstream_order=cfg.upstream_order, check_values=False)
         if stopped:
             log.info("the resumed run had already stopped (%s); nothing to do", stopped)
         elif start >= cfg.epochs:
@@ -273,7 +310,12 @@ class _Run:
             broadcast_buffers(model)  # BN running stats: every rank now holds what rank 0 saves
             epoch += 1
             loss = stats["loss"]
-            decision = schedule.step(loss, lr)
+            if self.selector is not None:  # held-out selection: the plateau rule follows -score
+                model.set_batch_statistics(False).eval()
+                stats["select"], details = self.selector(model)
+                stats["select_best"] = details.get("best")
+                model.set_batch_statistics(cfg.patch_bn_stats)
+            decision = schedule.step(-stats["select"] if self.selector is not None else loss, lr)
             record = {"epoch": epoch, "loss": loss, "lr": lr, **{k: v for k, v in stats.items() if k != "loss"},
                       "time": round(time.perf_counter() - t0, 3), "improved": decision.improved,
                       "reload_best": decision.reload_best, "stop": decision.stop}
@@ -296,6 +338,8 @@ class _Run:
             else:
                 outcome = f"stop: {stopped}" if stopped else f"{schedule.counter} without improvement"
             local = f", local iou {stats['iou_local']:.4f}" if "iou_local" in stats else ""
+            if "select" in stats:
+                local += f", held-out {stats['select']:.4f} ({stats['select_best']})"
             log.info("epoch %d/%d: loss %.6f, iou %.4f%s, lr %.3g, %.1fs (%s)", epoch, cfg.epochs, loss, stats["iou"],
                      local, record["lr"], record["time"], outcome)
             self._save_last(model, optimizer, schedule, epoch, lr, history, stopped)
@@ -312,6 +356,7 @@ class _Run:
         total = len(loader) if cfg.max_batches_per_epoch is None else min(len(loader), cfg.max_batches_per_epoch)
         keys = ["loss", "rs", "reg", "inter", "union", "inter_local", "union_local"]
         sums = dict.fromkeys(["batches"] + keys, 0.0)
+        acc = torch.zeros(len(keys), dtype=torch.float64, device=device)  # summed on the device
         bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                    disable=not (cfg.progress and self.info.is_main))
         for step, batch in enumerate(bar):
@@ -329,15 +374,17 @@ class _Run:
             parts = loss_fn(global_prob.float(), None if local_prob is None else local_prob.float(), pseudo, gt)
             parts["loss"].backward()
             optimizer.step()
-            with torch.no_grad():  # one device->host transfer per batch
+            with torch.no_grad():  # no host sync here: the sums stay on the device
                 counts = _iou_counts(global_prob, gt) + (_iou_counts(local_prob, gt) if local_prob is not None else [])
                 values = torch.stack([t.double() for t in (parts["loss"].detach(), parts["rs"], parts["reg"], *counts)])
+                acc[: len(values)] += values
             sums["batches"] += 1
-            for key, v in zip(keys, values.tolist()):
-                sums[key] += v
-            bar.set_postfix(loss=f"{sums['loss'] / sums['batches']:.4f}",
-                            iou=f"{(sums['inter'] + 1) / (sums['union'] + 1):.4f}")
+            if step % 10 == 0 or step == total - 1:  # the only host syncs of the loop
+                sums.update(zip(keys, acc.tolist()))
+                bar.set_postfix(loss=f"{sums['loss'] / sums['batches']:.4f}",
+                                iou=f"{(sums['inter'] + 1) / (sums['union'] + 1):.4f}")
         bar.close()
+        sums.update(zip(keys, acc.tolist()))
         names = list(sums)
         reduced = dict(zip(names, all_reduce_sum(torch.tensor([sums[k] for k in names], dtype=torch.float64,
                                                                 device=device)).tolist()))
@@ -381,4 +428,4 @@ def _iou_counts(prob: torch.Tensor, gt: torch.Tensor) -> list[torch.Tensor]:
     return [inter, union]
 
 
-__all__ = ["RefineTrainConfig", "train_prn"]
+__all__ = ["RefineTrainConfig", "TrainSource", "train_prn"]
