@@ -5,6 +5,11 @@ then L1-like and the gradients ±inf/NaN, so all weights are non-finite after on
 Here the prediction always comes first; ``PRNLoss(upstream_order=True)`` reproduces the swapped
 order for analysis only. All losses compute in float32 (or float64 for float64 inputs), also
 under autocast.
+
+Value checks (maps in [0, 1], no NaN) read every value, which on a CUDA tensor is a host-device
+synchronisation. Every loss takes ``check_values``: None (default) checks CPU tensors only, True
+checks on every device, False never (the training engines: their datasets check each item as it
+is read). Shape checks always run; they are free. Nothing is checked while torch.compile traces.
 """
 from __future__ import annotations
 
@@ -15,8 +20,9 @@ from torch import nn
 from data_utils.errors import InputError
 
 
-def _as_float(pred: torch.Tensor, target: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check a (prediction, target) pair and cast both to at least float32."""
+def _as_float(pred: torch.Tensor, target: torch.Tensor, what: str,
+              check_values: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a (prediction, target) pair and cast both to at least float32 (values: see the module doc)."""
     for name, t in (("prediction", pred), ("target", target)):
         if not isinstance(t, torch.Tensor):
             raise InputError(f"{what}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -26,6 +32,8 @@ def _as_float(pred: torch.Tensor, target: torch.Tensor, what: str) -> tuple[torc
         raise InputError(f"{what}: expected (B, 1, H, W) maps, got {tuple(pred.shape)}")
     dtype = torch.promote_types(pred.dtype, torch.float32) if pred.is_floating_point() else torch.float32
     pred, target = pred.to(dtype), target.to(dtype)
+    if torch.compiler.is_compiling() or not (pred.device.type == "cpu" if check_values is None else check_values):
+        return pred, target
     for name, t in (("prediction", pred), ("target", target)):
         lo, hi = torch.aminmax(t.detach())
         if not (0.0 <= float(lo) and float(hi) <= 1.0):  # also rejects NaN
@@ -49,16 +57,18 @@ class RegionSpecificLoss(nn.Module):
 
     focal = mean((1 − alpha_f)·(1 − p_t)^gamma·BCE(p, y)) with p_t = exp(−BCE): a **constant**
     weight 1 − alpha_f (the authors' alpha_f is not a class weight). E is :func:`laplacian_edges`.
-    pred, target: (B, 1, H, W) in [0, 1] -> scalar.
+    pred, target: (B, 1, H, W) in [0, 1] -> scalar. ``check_values``: see the module docstring.
     """
 
-    def __init__(self, alpha_rst: float = 0.7, alpha_f: float = 0.25, gamma: float = 2.0) -> None:
+    def __init__(self, alpha_rst: float = 0.7, alpha_f: float = 0.25, gamma: float = 2.0, *,
+                 check_values: bool | None = None) -> None:
         super().__init__()
         self.alpha_rst, self.alpha_f, self.gamma = alpha_rst, alpha_f, gamma
+        self.check_values = check_values
 
     def terms(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(focal, edge) scalars, before weighting."""
-        pred, target = _as_float(pred, target, type(self).__name__)
+        pred, target = _as_float(pred, target, type(self).__name__, self.check_values)
         with torch.autocast(device_type=pred.device.type, enabled=False):
             bce = F.binary_cross_entropy(pred, target, reduction="none")  # logs clamped at -100
             focal = ((1.0 - self.alpha_f) * (1.0 - torch.exp(-bce)) ** self.gamma * bce).mean()
@@ -78,15 +88,17 @@ class RegularizationLoss(nn.Module):
     gives the same values to float32 precision, is finite at p ∈ {0, 1} by construction (whatever
     the evaluation order of 1 − p + ε), and has a zero instead of a ~1/ε gradient where a
     prediction has saturated to exactly 0 or 1.
-    pred, target: (B, 1, H, W) in [0, 1] -> scalar.
+    pred, target: (B, 1, H, W) in [0, 1] -> scalar. ``check_values``: see the module docstring.
     """
 
-    def __init__(self, w_fg: float = 1.12, w_bg: float = 1.0, eps: float = 1e-15) -> None:
+    def __init__(self, w_fg: float = 1.12, w_bg: float = 1.0, eps: float = 1e-15, *,
+                 check_values: bool | None = None) -> None:
         super().__init__()
         self.w_fg, self.w_bg, self.eps = w_fg, w_bg, eps
+        self.check_values = check_values
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred, target = _as_float(pred, target, type(self).__name__)
+        pred, target = _as_float(pred, target, type(self).__name__, self.check_values)
         with torch.autocast(device_type=pred.device.type, enabled=False):
             fg = target * torch.log(pred.clamp_min(self.eps))
             bg = (1.0 - target) * torch.log((1.0 - pred).clamp_min(self.eps))
@@ -103,6 +115,7 @@ class PRNLoss(nn.Module):
 
     ``upstream_order=True`` calls RS(pseudo, p) and Reg(gt, p) as the authors' train.py does —
     for analysis only: its gradients are non-finite (R §6.3) and training with it destroys the model.
+    ``check_values`` goes to both losses (module docstring); the engine passes False.
     """
 
     def __init__(
@@ -112,9 +125,12 @@ class PRNLoss(nn.Module):
         global_weight: float = 0.5,
         local_weight: float = 0.5,
         upstream_order: bool = False,
+        *,
+        check_values: bool | None = None,
     ) -> None:
         super().__init__()
-        self.rs, self.reg = RegionSpecificLoss(), RegularizationLoss()
+        self.rs = RegionSpecificLoss(check_values=check_values)
+        self.reg = RegularizationLoss(check_values=check_values)
         self.rs_weight, self.reg_weight = rs_weight, reg_weight
         self.global_weight, self.local_weight = global_weight, local_weight
         self.upstream_order = upstream_order

@@ -127,8 +127,14 @@ def _unfold(x: torch.Tensor, g: int) -> torch.Tensor:
     return x.reshape(B, C, g * h, g * w)  # (B, C, G·h, G·w)
 
 
-def check_prn_input(x: Any, in_channels: int = 1) -> None:
-    """Raise InputError unless ``x`` is a finite floating (B, in_channels, H, W) tensor."""
+def check_prn_input(x: Any, in_channels: int = 1, check_values: bool | None = True) -> None:
+    """Raise InputError unless ``x`` is a floating (B, in_channels, H, W) tensor, finite if values are checked.
+
+    Type, shape and dtype checks are free (metadata only). The finiteness check reads every value:
+    on a CUDA tensor it is a host-device synchronisation, so it runs only when ``check_values`` is
+    True, or None and ``x`` is on the CPU; never while torch.compile traces (docs/DESIGN.md:
+    values are validated where data enters, hot paths stay free of syncs).
+    """
     valid = f"a float tensor (B, {in_channels}, H, W) of probabilities in [0, 1]"
     if not isinstance(x, torch.Tensor):
         raise InputError(f"PRN input must be {valid}, got a {type(x).__name__}")
@@ -139,8 +145,17 @@ def check_prn_input(x: Any, in_channels: int = 1) -> None:
         raise InputError(f"PRN input must be {valid}, got dtype {x.dtype} (convert with x.float(), scaling 0..255 masks to 0..1)")
     if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
         raise InputError(f"PRN input must be {valid} with B, H, W >= 1, got shape {tuple(x.shape)}")
+    if not _should_check_values(x, check_values):
+        return
     if not bool(torch.isfinite(x).all()):
         raise InputError("PRN input contains NaN or Inf values; it must be the base model's finite probability map")
+
+
+def _should_check_values(x: torch.Tensor, check_values: bool | None) -> bool:
+    """True: always; False: never; None: only CPU tensors (no device sync). Never inside torch.compile."""
+    if torch.compiler.is_compiling():
+        return False
+    return x.device.type == "cpu" if check_values is None else bool(check_values)
 
 
 class PRN(nn.Module):
@@ -169,13 +184,19 @@ class PRN(nn.Module):
     (R §4). In train mode, statistics are pooled over the whole folded batch by default; with the
     switch on they are per patch group, and running stats receive the authors' G² sequential
     updates, i.e. exactly their per-patch training.
+
+    ``check_values`` (attribute, also a constructor keyword): whether forward checks that the input
+    is finite. None (default) checks CPU inputs only, so a CUDA forward makes no host-device sync;
+    True checks on every device (one sync per call); False never checks — the training and
+    prediction engines use False because their datasets check every item when it is read.
     """
 
-    def __init__(self, config: PRNConfig) -> None:
+    def __init__(self, config: PRNConfig, *, check_values: bool | None = None) -> None:
         super().__init__()
         if not isinstance(config, PRNConfig):
             raise InputError(f"PRN(config) needs a PRNConfig (or use PRN.from_config(dict)), got {type(config).__name__}")
         self.config = config
+        self.check_values = check_values
         w, g = config.width, config.grid
         self._local_norms: list[PatchBatchNorm2d] = []  # plain list: not registered twice
         self.encoding = Encoder(config.in_channels, w)
@@ -229,7 +250,7 @@ class PRN(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        check_prn_input(x, self.config.in_channels)
+        check_prn_input(x, self.config.in_channels, self.check_values)
         for m in self._local_norms:  # drop statistics queued by an interrupted call
             m._pending.clear()
         B, _, H, W = x.shape
