@@ -416,6 +416,7 @@ def train_base_model(
     model_kwargs: dict | None = None,
     supervision: str | Supervision | None = None,
     progress: bool = True,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Train ``model_name`` on ``spec``'s train split, validating on its val split (S §3).
 
@@ -429,7 +430,8 @@ def train_base_model(
     ResUNet++ ``filters``; with ``init_weights`` they default to the checkpoint's);
     ``supervision`` (``"full"``, ``"scribbles"`` or a :class:`Supervision`; None = full masks, or
     on resume the run's own) selects the objective (:func:`build_objective`); scribbles need
-    ``generate_scribbles.py`` to have run on the train split.
+    ``generate_scribbles.py`` to have run on the train split. ``compile`` runs the model's forward
+    through ``torch.compile`` (opt-in; the first batches of each input shape compile).
 
     Returns ``{"best_epoch", "best_value", "monitor", "epochs_run", "stopped", "checkpoint",
     "last", "history", "log_file"}``; ``stopped`` is ``max_epochs``, ``no_improvement`` or
@@ -479,6 +481,8 @@ def train_base_model(
     elif pretrained and last is None:
         init_imagenet_backbone(model, progress=progress)
     model.to(dev)
+    if compile:  # the objectives call forward_with_aux; the saved state_dict is the plain module's
+        model.forward_with_aux = torch.compile(model.forward_with_aux)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     schedule = PlateauSchedule(recipe.decay_after, recipe.stop_after, recipe.factor, recipe.min_lr)
     run = _Progress(lr=recipe.lr, reg_start=supervision.pce_epochs)
@@ -490,7 +494,9 @@ def train_base_model(
         run = _Progress(float(state["lr"]), int(state["epoch"]), list(state["history"]), state.get("stopped"),
                         state.get("best_epoch"), int(state.get("reg_start", supervision.pce_epochs)))
         restore_rng_state(state["rng"])
-    val_loader = DataLoader(val_set, batch_size=recipe.batch_size, shuffle=False, num_workers=num_workers)
+    pin = dev.type == "cuda"  # page-locked batches: the non_blocking copies in as_batch overlap compute
+    val_loader = DataLoader(val_set, batch_size=recipe.batch_size, shuffle=False, num_workers=num_workers,
+                            pin_memory=pin)
 
     log_file = paths.train_log(time.strftime("%Y%m%d-%H%M%S"))
     with log_to_file(log_file):
@@ -519,7 +525,7 @@ def train_base_model(
             train_set.set_epoch(epoch)
             if scribbles:
                 objective.regularize = epoch >= run.reg_start
-            train_loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True,
+            train_loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, pin_memory=pin,
                                       num_workers=num_workers, generator=_epoch_generator(seed, epoch))
             train = _run_epoch(model, train_loader, objective, dev, optimizer, max_batches_per_epoch,
                                f"train {epoch + 1}", progress)
