@@ -1,15 +1,23 @@
 """Suite-wide test settings.
 
 Tests use tiny tensors, for which intra-op threading costs more than it gains (and on a shared
-2-core machine threads thrash), so every test runs torch single-threaded.
+2-core machine threads thrash), so every test runs torch single-threaded. OMP_NUM_THREADS=1 keeps
+it so through the commands the tests run, whose automatic --threads choice follows that variable.
 """
+import os
+
 import pytest
 import torch
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _single_thread():
-    previous = torch.get_num_threads()
+    previous, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(previous)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env

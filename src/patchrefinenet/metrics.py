@@ -133,6 +133,43 @@ class SegmentationMeter:
         return out
 
 
+class CalibrationMeter:
+    """Streaming calibration of foreground probabilities against {0, 1} ground truth, pixel-wise.
+
+    - ``ece``: expected calibration error with ``bins`` equal-width bins of p on [0, 1]:
+      Σ_b (n_b / n)·|mean(y in b) − mean(p in b)|;
+    - ``brier``: mean (p − y)².
+    Inputs as for :class:`SegmentationMeter` (any layout; counts accumulate in float64).
+    """
+
+    def __init__(self, bins: int = 15) -> None:
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+            raise InputError(f"bins must be an int >= 1, got {bins!r}")
+        self.bins = bins
+        self._n = np.zeros(bins)
+        self._p = np.zeros(bins)
+        self._y = np.zeros(bins)
+        self._sq = 0.0
+
+    def update(self, prob, gt) -> None:
+        p = _to_maps(prob, "prob").astype(np.float64).ravel()
+        y = _to_maps(gt, "gt").astype(np.float64).ravel()
+        if p.shape != y.shape:
+            raise InputError(f"CalibrationMeter: prob and gt sizes differ ({p.size} vs {y.size} pixels)")
+        b = np.minimum((p * self.bins).astype(np.int64), self.bins - 1)  # p = 1 falls in the last bin
+        self._n += np.bincount(b, minlength=self.bins)
+        self._p += np.bincount(b, weights=p, minlength=self.bins)
+        self._y += np.bincount(b, weights=y, minlength=self.bins)
+        self._sq += float(np.sum((p - y) ** 2))
+
+    def compute(self) -> dict[str, float]:
+        n = self._n.sum()
+        if n == 0:
+            raise InputError("CalibrationMeter.compute: no pixels were added; call update(prob, gt) first")
+        gap = np.abs(self._y - self._p)  # n_b · |mean y − mean p| per bin
+        return {"ece": float(gap.sum() / n), "brier": float(self._sq / n)}
+
+
 def pooled_iou(pred_binary, gt, smooth: float = 1.0) -> float:
     """(|pred ∩ gt| + smooth)/(|pred ∪ gt| + smooth) over all pixels of two binary arrays (same shape)."""
     p, g = _to_maps(pred_binary, "pred_binary"), _to_maps(gt, "gt")

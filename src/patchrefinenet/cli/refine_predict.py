@@ -67,7 +67,7 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
         data_dir=str(run.data_dir), output_root=str(run.output_root), aux_model=args.aux_model,
         patch_size=args.patch_size, checkpoint_path=None if args.checkpoint_path is None else str(Path(args.checkpoint_path)),
         batch_stats=args.batch_stats, combine=args.combine, batch_size=args.batch_size, device=args.device,
-        bf16=args.bf16, channels_last=args.channels_last, save_masks=args.save_masks, save_probs=args.save_probs,
+        bf16=args.bf16, channels_last=args.channels_last, compile=args.compile, save_masks=args.save_masks, save_probs=args.save_probs,
         figure=args.figure, saliency=run.spec.layout == "duts", num_workers=args.num_workers,
         dataset=run.spec.name, base_model=run.base_model, progress=args.progress)
     result = predict_prn(cfg)

@@ -227,7 +227,7 @@ def _evaluate(cfg: RefinePredictConfig, model: PRN, dataset: RefineDataset, out:
         result["masks_dir"] = str(out.output_dir / "masks")
     if examples:
         fig_path = out.output_dir / f"{out.aux}_predict_figure.png"
-        _save_figure(fig_path, examples, f"PRN {out.aux} ({combine})")
+        save_figure(fig_path, examples, f"PRN {out.aux} ({combine})")
         result["figure"] = str(fig_path)
     return result
 
@@ -242,11 +242,12 @@ def _write_png(path: Path, image: np.ndarray) -> None:
             raise OSError(f"could not write {path}")
 
 
-def _save_figure(path: Path, rows: list[tuple[np.ndarray, ...]], title: str) -> None:
+def save_figure(path: Path, rows: list[tuple[np.ndarray, ...]], title: str,
+                titles: tuple[str, ...] = ("base probability", "refined (global head)", "final mask", "ground truth"),
+                ) -> None:
     """Rows of (base probability, refined probability, final mask, ground truth) as one PNG (Agg, no pyplot)."""
     from matplotlib.figure import Figure  # imported here: only needed when a figure is asked for
 
-    titles = ("base probability", "refined (global head)", "final mask", "ground truth")
     fig = Figure(figsize=(4 * 2.6, len(rows) * 2.6), layout="constrained")
     axes = fig.subplots(len(rows), 4, squeeze=False)
     for r, images in enumerate(rows):

@@ -1,0 +1,57 @@
+"""argparse options generated from a config dataclass, so a setting is declared once (its field).
+
+``add_field_options(parser, Config, exclude=...)`` adds ``--<field>`` for every field with a
+default: its type from the annotation (bools parsed strictly, ``X | None`` accepting ``none``),
+its default from the field, its help from ``field.metadata["help"]`` when present.
+``field_values(args, Config)`` collects the parsed values back as keyword arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import typing
+from dataclasses import MISSING, fields
+from typing import Any
+
+from patchrefinenet.cli.common import str2bool
+
+
+def _parser_for(annotation: Any) -> tuple[Any, bool]:
+    """(callable that parses one command-line string, whether None is allowed) for a field type."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    optional = "None" in text
+    base = text.replace("| None", "").replace("None |", "").strip()
+    kind = {"bool": str2bool, "int": int, "float": float, "str": str}.get(base, str)
+
+    def parse(value: str) -> Any:
+        if optional and value.strip().lower() == "none":
+            return None
+        return kind(value)
+
+    parse.__name__ = base  # argparse names the type in its error messages
+    return parse, optional
+
+
+def add_field_options(parser: argparse.ArgumentParser | Any, config_cls: type, exclude: set[str] = frozenset(),
+                      title: str | None = None) -> list[str]:
+    """Add one ``--name`` option per defaulted field of ``config_cls`` not in ``exclude``; return the names
+    (including fields whose option the parser already has: they share that option's value)."""
+    group = parser.add_argument_group(title) if title else parser
+    hints = typing.get_type_hints(config_cls) if not any(isinstance(f.type, str) for f in fields(config_cls)) else {}
+    names = []
+    for f in fields(config_cls):
+        if f.name in exclude or (f.default is MISSING and f.default_factory is MISSING):
+            continue
+        names.append(f.name)
+        if f"--{f.name}" in getattr(parser, "_option_string_actions", {}):  # the command already has it
+            continue
+        parse, _ = _parser_for(hints.get(f.name, f.type))
+        default = f.default if f.default is not MISSING else f.default_factory()
+        help_text = f.metadata.get("help", f.name.replace("_", " "))
+        group.add_argument(f"--{f.name}", type=parse, default=default, metavar=f.name.upper(),
+                           help=f"{help_text} (default: {default})")
+    return names
+
+
+def field_values(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    """The parsed values of the options ``names`` as keyword arguments."""
+    return {n: getattr(args, n) for n in names}

@@ -1,0 +1,436 @@
+"""``Refiner``: PatchRefineNet on any model's probability maps, in memory.
+
+    refiner = Refiner.fit(val_probs, val_masks, patch_size=64)   # trains PRN, selects on held-out maps
+    refiner.save("prn.pt")
+    refiner = Refiner.load("prn.pt")        # also the authors' p0/p4/p64_weights.th
+    out = refiner.refine(test_probs)        # no ground truth needed
+    out.prob, out.mask, out.thresholds
+
+Inputs are anything :func:`patchrefinenet.maps.as_source` reads: arrays or tensors (N, H, W),
+(N, H, W, 1) or (N, 1, H, W), lists of maps of different sizes, or folders. Maps are read, refined
+and returned one batch at a time (:meth:`Refiner.refine_iter`), so large splits stream.
+
+``fit`` trains with the shared PRN engine (:func:`patchrefinenet.refine.train.train_prn`) on a
+fit part of the maps and keeps a held-out selection part: after every epoch the engine scores
+the model there, the best epoch's weights are kept, and the output rule (the authors'
+combination, one head, the mean of both, at 0.5 or a tuned threshold) is chosen on the same
+maps. If no PRN rule beats the base map at its best global threshold by ``margin``, the refiner
+says so and returns the base map at that threshold (docs/refiner.md).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from data_utils.errors import InputError
+from data_utils.pseudo_labels import patch_pseudo_labels
+from patchrefinenet.checkpoint import save_checkpoint
+from patchrefinenet.maps import MapSource, aligned_masks, as_source, check_same_size
+from patchrefinenet.metrics import CalibrationMeter, SegmentationMeter
+from patchrefinenet.models.prn import PRN, GridChoice, load_prn
+from patchrefinenet.refine.data import apply_augmentation, draw_augmentation
+from patchrefinenet.selection import Rule, RuleScores, Selection, ThresholdSweep, apply_rule, choose_rule
+from patchrefinenet.training import autocast_context, resolve_device
+
+log = logging.getLogger("patchrefinenet")
+
+# Settings of RefineTrainConfig that Refiner.fit sets itself (the rest are keyword arguments).
+OWN_FIELDS = {"data_dir", "output_root", "aux_model", "patch_size", "dataset", "base_model", "progress"}
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def grid_for(patch_size: int | None, aux_model: str | None, sizes: list[tuple[int, int]]) -> GridChoice:
+    """The patch grid of a refiner for maps of ``sizes``: from ``aux_model`` (``pN``, N patches, N = 0
+    or a perfect square) or ``patch_size`` (pixels: G = round(typical side / patch_size), and G = 0 —
+    global decoder only — when a patch covers the map). Both given must agree."""
+    side = int(np.median([max(h, w) for h, w in sizes]))
+    grids = []
+    if aux_model is not None:
+        m = re.fullmatch(r"p(\d+)", str(aux_model).strip().lower())
+        n = int(m.group(1)) if m else -1
+        if n < 0 or math.isqrt(n) ** 2 != n:
+            raise InputError(f"aux_model={aux_model!r}: expected pN with N patches, 0 or a perfect square (p0, p4, p16, p64)")
+        grids.append(math.isqrt(n))
+    if patch_size is not None:
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+            raise InputError(f"patch_size={patch_size!r}: must be a positive int (pixels)")
+        grids.append(0 if patch_size >= side else max(1, round(side / patch_size)))
+    if not grids:
+        raise InputError("give patch_size (pixels, e.g. 64) or aux_model ('p0', 'p16', 'p64', ...)")
+    if len(set(grids)) > 1:
+        raise InputError(f"aux_model={aux_model!r} means a {grids[0]}×{grids[0]} grid but patch_size={patch_size} gives "
+                         f"{grids[1]}×{grids[1]} on {side}-px maps; give one of them")
+    g = grids[0]
+    what = "one patch per map (global decoder only)" if g == 0 else f"{g}×{g} grid of ~{math.ceil(side / g)}-px patches"
+    return GridChoice(g, side if g == 0 else math.ceil(side / g), g * g, f"p{g * g}", f"p{g * g}: {what} on {side}-px maps")
+
+
+def cell_size(h: int, w: int, grid: int) -> int:
+    """Side of the pseudo-label patches that line up with a grid-``grid`` PRN's cells on an h×w map
+    (the model pads to multiples of 8·G, so a cell is padded_h / G pixels); the map side for G = 0."""
+    if grid == 0:
+        return max(h, w)
+    m = 8 * grid
+    return math.ceil(h / m) * m // grid
+
+
+# --------------------------------------------------------------------------- training data
+
+
+class PairDataset(Dataset):
+    """Training items ``{"input", "pseudo", "gt", "index"}`` ((1, H, W) float32) from paired sources.
+
+    Pseudo-labels are computed per map when it is read (the authors' patch-wise optimal threshold,
+    patches aligned with the PRN's cells), so nothing is precomputed, cached or stale. The
+    augmentation is the engine's (seeded per epoch and map, docs/authors-refine.md §R8).
+    """
+
+    def __init__(self, probs: MapSource, masks: MapSource, indices: list[int], grid: int, *,
+                 augment: bool, seed: int) -> None:
+        self.probs, self.masks, self.indices, self.grid = probs, masks, list(indices), grid
+        self.augment, self.seed, self.epoch = augment, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict:
+        i = self.indices[k]
+        check_same_size(self.probs, self.masks, i)
+        prob, gt = self.probs[i], self.masks[i]
+        pseudo = patch_pseudo_labels(prob, gt, cell_size(*prob.shape, self.grid)).labels.astype(np.float32)
+        maps = [prob, pseudo, gt]
+        if self.augment:
+            maps = apply_augmentation(maps, draw_augmentation(self.seed, self.epoch, k))
+        return {"input": torch.from_numpy(maps[0])[None], "pseudo": torch.from_numpy(maps[1])[None],
+                "gt": torch.from_numpy(maps[2])[None], "index": k}
+
+
+def _batches(source: MapSource, indices: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Consecutive runs of ``indices`` of equal map size, at most ``batch_size`` long."""
+    run: list[int] = []
+    for i in indices:
+        if run and (len(run) == batch_size or source.size(i) != source.size(run[0])):
+            yield run
+            run = []
+        run.append(i)
+    if run:
+        yield run
+
+
+def _stack(source: MapSource, run: list[int]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([source[i] for i in run]))[:, None]  # (B, 1, H, W)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class RefinedMap:
+    """One refined map: ``prob`` (H, W) float32, ``mask`` (H, W) uint8 {0, 1}, ``thresholds``
+    (gh, gw) float32 — per patch, the threshold on the base map that best reproduces ``mask``."""
+
+    name: str
+    prob: np.ndarray
+    mask: np.ndarray
+    thresholds: np.ndarray | None
+
+
+@dataclass
+class RefineResult:
+    """What :meth:`Refiner.refine` returns: stacked arrays when every map has the same size
+    ((N, H, W) / (N, gh, gw)), lists otherwise; ``names`` in input order; ``rule`` applied."""
+
+    prob: np.ndarray | list[np.ndarray]
+    mask: np.ndarray | list[np.ndarray]
+    thresholds: np.ndarray | list[np.ndarray] | None
+    names: list[str]
+    rule: str
+
+
+# --------------------------------------------------------------------------- the refiner
+
+
+class Refiner:
+    """A trained PRN plus the rule that turns its outputs into masks (see the module docstring)."""
+
+    def __init__(self, model: PRN | None, rule: Rule, *, selection: Selection | None = None,
+                 batch_stats: bool = False, device: str | torch.device = "auto", bf16: bool = False,
+                 train_config: dict | None = None) -> None:
+        if model is None and rule.head != "base":
+            raise InputError(f"rule {rule.name} needs a PRN model")
+        self.device = resolve_device(device)
+        self.model = None if model is None else model.to(self.device).eval()
+        self.rule, self.selection, self.batch_stats, self.bf16 = rule, selection, bool(batch_stats), bool(bf16)
+        self.train_config = train_config
+        if self.model is not None:
+            self.model.set_batch_statistics(self.batch_stats)
+            if rule.uses_local and self.model.config.grid == 0:
+                raise InputError(f"rule {rule.name} needs a local head, but this PRN has grid 0 (p0)")
+
+    @property
+    def grid(self) -> int:
+        return 0 if self.model is None else self.model.config.grid
+
+    def __repr__(self) -> str:
+        what = "no PRN" if self.model is None else f"PRN grid {self.grid}, width {self.model.config.width}"
+        return f"Refiner({what}, rule {self.rule.name}, device {self.device})"
+
+    # ------------------------------------------------------------------ fit
+
+    @classmethod
+    def fit(cls, probs: Any, masks: Any, *, patch_size: int | None = None, aux_model: str | None = None,
+            select: float | tuple[Any, Any] | None = 0.2, select_metric: str = "pooled_iou", margin: float = 0.005,
+            force_prn: bool = False, work_dir: str | os.PathLike | None = None, progress: bool = True,
+            **train: Any) -> "Refiner":
+        """Train a PRN on ``probs`` (base probabilities) and ``masks`` (ground truth) and choose its rule.
+
+        patch_size / aux_model: the patch grid (pixels, or ``pN`` with N patches; ``p0`` = global only).
+        select: the share of the maps held out for selection (default 0.2, split with ``seed``),
+            an explicit ``(probs, masks)`` selection set, or None/0 for the authors' behaviour
+            (best weights by training loss, the authors' combination, no check against the base).
+        select_metric: ``pooled_iou`` or ``dice``; margin: the gain over the base map's best global
+            threshold that PRN must show on the held-out maps (0.005 = half a point);
+            force_prn: use the best PRN rule even if it loses.
+        work_dir: where checkpoints and logs go (a temporary folder by default); pass one to be
+            able to ``resume=True``.
+        train: any :class:`~patchrefinenet.refine.train.RefineTrainConfig` field — epochs, width,
+            lr, batch_size, residual, seed, device, bf16, resume, augment, ... (authors' defaults).
+        """
+        from patchrefinenet.refine.train import RefineTrainConfig, TrainSource, train_prn
+
+        valid = sorted(f.name for f in fields(RefineTrainConfig) if f.name not in OWN_FIELDS)
+        unknown = sorted(set(train) - set(valid))
+        if unknown:
+            raise InputError(f"Refiner.fit: unknown option(s) {unknown}; training options are {valid}")
+        seed = int(train.get("seed", 0))
+        probs = as_source(probs, "probs")
+        masks = aligned_masks(probs, as_source(masks, "masks"))
+        fit_idx, sel_probs, sel_masks, sel_idx = _split(probs, masks, select, seed)
+        sizes = [probs.size(i) for i in fit_idx]
+        choice = grid_for(patch_size, aux_model, sizes)
+        if train.get("batch_size", 1) > 1 and len(set(sizes)) > 1:
+            raise InputError("Refiner.fit: the maps have different sizes, so batch_size must be 1 "
+                             "(or resize the maps to one size)")
+        log.info("Refiner.fit: %s; %d maps to fit, %d held out for selection", choice.description, len(fit_idx),
+                 len(sel_idx))
+        tmp = None
+        if work_dir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="prn-fit-")
+            work_dir = tmp.name
+        try:
+            cfg = RefineTrainConfig(data_dir="", output_root=str(work_dir), aux_model=choice.aux_name,
+                                    progress=progress, **train)
+            dataset = PairDataset(probs, masks, fit_idx, choice.grid, augment=cfg.augment, seed=cfg.seed)
+            h, w = (int(np.median([s[0] for s in sizes])), int(np.median([s[1] for s in sizes])))
+            source = TrainSource(dataset, choice, (h, w), f"{len(fit_idx)} maps of {probs.description}")
+            device = resolve_device(cfg.device)
+            selector = None
+            if sel_idx:
+                def selector(model: PRN) -> tuple[float, dict]:
+                    scores = _score_rules(model, sel_probs, sel_masks, sel_idx, device, select_metric,
+                                          cfg.bf16, progress=False)
+                    rule, score = scores.best_prn()
+                    return score, {"best": rule.name}
+            result = train_prn(cfg, source=source, selector=selector)
+            model, _ = load_prn(result["checkpoint"], "cpu")
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        if not sel_idx:
+            rule = Rule("authors") if choice.grid > 0 else Rule("global")
+            log.warning("Refiner.fit without held-out maps (select=%r): using %s, unchecked against the base map",
+                        select, rule.name)
+            return cls(model, rule, device=device, bf16=cfg.bf16, train_config=cfg.to_dict())
+        scores = _score_rules(model.to(device), sel_probs, sel_masks, sel_idx, device, select_metric, cfg.bf16,
+                              progress=progress)
+        fit_base = ThresholdSweep()  # the fallback threshold uses every labelled map: the base never saw them
+        for run in _batches(probs, fit_idx, 8):
+            fit_base.update(_stack(probs, run), _stack(masks, run))
+        fit_base.merge(scores.sweeps["base"])
+        selection = choose_rule(scores, margin=margin, force_prn=force_prn,
+                                fallback_threshold=fit_base.best(select_metric)[0], n_maps=len(sel_idx))
+        (log.warning if selection.fell_back else log.info)("Refiner.fit: %s", selection.message())
+        return cls(model, selection.rule, selection=selection, device=device, bf16=cfg.bf16,
+                   train_config=cfg.to_dict())
+
+    # ------------------------------------------------------------------ save / load
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the PRN weights, its config, the rule and the selection scores (one atomic file)."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise InputError(f"{path} exists; pass overwrite=True (--overwrite True) or another path")
+        if self.model is None:
+            raise InputError("this refiner has no PRN model to save")
+        config = {"model": self.model.config.to_dict(),
+                  "refiner": {"rule": self.rule.name, "batch_stats": self.batch_stats,
+                              "selection": None if self.selection is None else self.selection.to_dict()},
+                  "train": self.train_config}
+        return save_checkpoint(path, self.model.state_dict(), config, {"kind": "refiner"})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, rule: str | None = None, batch_stats: bool | None = None,
+             device: str | torch.device = "auto", bf16: bool = False) -> "Refiner":
+        """A refiner from :meth:`save`'s file, a PRN training checkpoint, or the authors' bare
+        ``p0/p4/p64_weights.th`` (their combination; BatchNorm with per-map statistics, as they
+        evaluated). ``rule`` (e.g. ``"global@0.45"``, ``"authors"``) overrides the stored rule."""
+        model, ck = load_prn(path, "cpu")
+        stored = (ck.config or {}).get("refiner") or {}
+        selection = Selection.from_dict(stored["selection"]) if stored.get("selection") else None
+        if rule is not None:
+            chosen = Rule.parse(rule)
+        elif stored.get("rule"):
+            chosen = Rule.parse(stored["rule"])
+        else:
+            chosen = Rule("authors") if model.config.grid > 0 else Rule("global")
+        if batch_stats is None:
+            batch_stats = bool(stored.get("batch_stats", ck.source != "patchrefinenet"))
+        if ck.source != "patchrefinenet":
+            log.info("%s: the authors' weights (%s): rule %s, BatchNorm %s", path, ck.source, chosen.name,
+                     "per-map statistics (as they evaluated)" if batch_stats else "running statistics")
+        return cls(model, chosen, selection=selection, batch_stats=batch_stats, device=device, bf16=bf16,
+                   train_config=(ck.config or {}).get("train"))
+
+    # ------------------------------------------------------------------ refine
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.model is None or self.rule.head == "base":
+            return None, None
+        if self.batch_stats and x.shape[0] > 1:  # per-map statistics: one map per call
+            outs = [self._forward(x[i:i + 1]) for i in range(x.shape[0])]
+            g = torch.cat([o[0] for o in outs])
+            loc = None if outs[0][1] is None else torch.cat([o[1] for o in outs])
+            return g, loc
+        with torch.inference_mode(), autocast_context(self.device, self.bf16 and self.device.type == "cuda"):
+            g, loc = self.model(x)
+            return g.float().clamp_(0, 1), None if loc is None else loc.float().clamp_(0, 1)
+
+    def refine_iter(self, probs: Any, *, batch_size: int = 4, thresholds: bool = True,
+                    progress: bool = False) -> Iterator[RefinedMap]:
+        """Refine maps one batch at a time, yielding a :class:`RefinedMap` per input map, in order."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        source = as_source(probs, "probs")
+        bar = tqdm(total=len(source), desc="refine", unit="map", disable=not progress)
+        try:
+            for run in _batches(source, list(range(len(source))), batch_size):
+                x = _stack(source, run)
+                g, loc = self._forward(x.to(self.device, non_blocking=True))
+                prob, mask = apply_rule(self.rule, x, None if g is None else g.cpu(), None if loc is None else loc.cpu())
+                prob, mask = prob[:, 0].numpy(), mask[:, 0].numpy().astype(np.uint8)
+                for j, i in enumerate(run):
+                    t = self._thresholds(x[j, 0].numpy(), mask[j]) if thresholds else None
+                    yield RefinedMap(source.names[i], np.ascontiguousarray(prob[j], dtype=np.float32), mask[j], t)
+                bar.update(len(run))
+        finally:
+            bar.close()
+
+    def _thresholds(self, base: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Per patch, the threshold on the base map that best reproduces ``mask`` (the pseudo-label search)."""
+        h, w = base.shape
+        if self.rule.head == "base":
+            p = cell_size(h, w, self.grid)
+            return np.full((math.ceil(h / p), math.ceil(w / p)), self.rule.threshold, np.float32)
+        return patch_pseudo_labels(base, mask, cell_size(h, w, self.grid)).thresholds
+
+    def refine(self, probs: Any, *, batch_size: int = 4, thresholds: bool = True,
+               progress: bool = False) -> RefineResult:
+        """Refine every map of ``probs`` and return them together (use :meth:`refine_iter` to stream)."""
+        maps = list(self.refine_iter(probs, batch_size=batch_size, thresholds=thresholds, progress=progress))
+        same = len({m.prob.shape for m in maps}) == 1
+
+        def pack(items: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+            return np.stack(items) if same else items
+
+        return RefineResult(pack([m.prob for m in maps]), pack([m.mask for m in maps]),
+                            pack([m.thresholds for m in maps]) if thresholds else None,
+                            [m.name for m in maps], self.rule.name)
+
+    # ------------------------------------------------------------------ evaluate
+
+    def evaluate(self, probs: Any, masks: Any, *, batch_size: int = 4, saliency: bool = False,
+                 progress: bool = False, on_map: Any = None) -> dict[str, Any]:
+        """Refine ``probs`` and score base (at 0.5) and refined maps against ``masks``: pooled IoU,
+        mean IoU, Dice, precision, recall, MAE, and calibration (ECE, Brier) of the probabilities.
+        ``on_map(RefinedMap)`` is called for every refined map (e.g. to write it)."""
+        probs = as_source(probs, "probs")
+        masks = aligned_masks(probs, as_source(masks, "masks"))
+        meters = {k: SegmentationMeter(saliency=saliency) for k in ("base", "refined")}
+        calib = {k: CalibrationMeter() for k in ("base", "refined")}
+        for i, out in enumerate(self.refine_iter(probs, batch_size=batch_size, thresholds=on_map is not None,
+                                                 progress=progress)):
+            check_same_size(probs, masks, i)
+            base, gt = probs[i], masks[i]
+            meters["base"].update(base, gt)
+            meters["refined"].update(out.mask, gt)
+            calib["base"].update(base, gt)
+            calib["refined"].update(out.prob, gt)
+            if on_map is not None:
+                on_map(out)
+        result: dict[str, Any] = {k: {**meters[k].compute(), **calib[k].compute()} for k in meters}
+        result["rule"] = self.rule.name
+        result["gain_pooled_iou"] = result["refined"]["pooled_iou"] - result["base"]["pooled_iou"]
+        if self.selection is not None:
+            result["selection"] = self.selection.to_dict()
+        return result
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _split(probs: MapSource, masks: MapSource, select: Any, seed: int):
+    """(fit indices, selection probs, selection masks, selection indices)."""
+    n = len(probs)
+    if select is None or (isinstance(select, (int, float)) and not isinstance(select, bool) and select == 0):
+        return list(range(n)), None, None, []
+    if isinstance(select, tuple) and len(select) == 2:
+        sp = as_source(select[0], "probs", "select probs")
+        sm = aligned_masks(sp, as_source(select[1], "masks", "select masks"))
+        return list(range(n)), sp, sm, list(range(len(sp)))
+    if isinstance(select, bool) or not isinstance(select, (int, float)) or not 0 < select < 1:
+        raise InputError(f"select={select!r}: give the held-out share in (0, 1) (e.g. 0.2), a (probs, masks) "
+                         "selection set, or None")
+    k = max(1, round(select * n))
+    if n - k < 1:
+        raise InputError(f"select={select}: {n} map(s) cannot be split into a fit and a selection part; "
+                         "give more maps or an explicit selection set")
+    order = np.random.default_rng(seed).permutation(n)
+    sel = sorted(int(i) for i in order[:k])
+    fit = sorted(int(i) for i in order[k:])
+    return fit, probs, masks, sel
+
+
+def _score_rules(model: PRN, probs: MapSource, masks: MapSource, indices: list[int], device: torch.device,
+                 metric: str, bf16: bool, progress: bool) -> RuleScores:
+    """Every candidate rule's score on the maps ``indices`` (model in eval mode, running statistics)."""
+    scores = RuleScores(model.config.grid > 0, metric)
+    model.eval()
+    for run in tqdm(list(_batches(probs, indices, 4)), desc="selection", unit="batch", disable=not progress,
+                    leave=False):
+        for i in run:
+            check_same_size(probs, masks, i)
+        x = _stack(probs, run).to(device)
+        gt = _stack(masks, run).to(device)
+        with torch.inference_mode(), autocast_context(device, bf16 and device.type == "cuda"):
+            g, loc = model(x)
+        scores.update(x, g.float(), None if loc is None else loc.float(), gt)
+    return scores
+
+
+__all__ = ["PairDataset", "RefineResult", "RefinedMap", "Refiner", "cell_size", "grid_for"]
