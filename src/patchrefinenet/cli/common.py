@@ -68,6 +68,22 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO, rank:
     return logger
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--threads N`` (0 = automatic, see :func:`configure_cli_threads`) to ``parser``."""
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="CPU threads for torch (default 0 = automatic: the physical cores, fewer while other "
+                             "processes keep cores busy; OMP_NUM_THREADS, if set, is used as given)")
+    return parser
+
+
+def configure_cli_threads(threads: int | None) -> int:
+    """Apply ``--threads`` at the start of a command (:func:`patchrefinenet.training.configure_threads`);
+    torch is imported here, after parsing, so ``--help`` stays instant."""
+    from patchrefinenet.training import configure_threads
+
+    return configure_threads(threads)
+
+
 def keep_log_file(log_file: Path) -> logging.Handler:
     """Add a file handler to the ``patchrefinenet`` logger that later :func:`setup_logging` calls keep,
     so a driver (the demo) records the logs of every command it runs in its own file."""

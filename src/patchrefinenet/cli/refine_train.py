@@ -15,7 +15,8 @@ from typing import Sequence
 
 from data_utils.errors import InputError
 from data_utils.spec import DatasetSpec, load_dataset_spec
-from patchrefinenet.cli.common import cli_entry, dataset_dir_from_script, repo_root, setup_logging, str2bool
+from patchrefinenet.cli.common import (add_threads_argument, cli_entry, configure_cli_threads, dataset_dir_from_script,
+                                       repo_root, setup_logging, str2bool)
 
 # The engine (torch) is imported inside the functions that need it, so that --help answers at once.
 
@@ -52,7 +53,8 @@ def refine_parser(script_file: str, description: str, examples: str) -> argparse
     parser.add_argument("--base_model", default=None,
                         help="base model whose maps are refined (default: base_model of the dataset config)")
     parser.add_argument("--checkpoint", type=str2bool, nargs="?", const=True, default=False,
-                        help="use checkpoints/<aux>/<aux>_weights.th (or --checkpoint_path); True/False")
+                        help="use checkpoints/<aux>/<aux>_weights.th, else the released "
+                             "checkpoints/released/<aux>_weights.th (or --checkpoint_path); True/False")
     parser.add_argument("--checkpoint_path", type=Path, default=None,
                         help="an explicit weights file (ours, or the authors' p0/p4/p64_weights.th)")
     parser.add_argument("--config", type=Path, default=None, help=f"dataset config (default: src/{ds}/dataset.toml)")
@@ -66,11 +68,16 @@ def refine_parser(script_file: str, description: str, examples: str) -> argparse
     parser.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=False,
                         help="channels-last memory format (CUDA only; default False)")
     parser.add_argument("--num_workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    parser.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False,
+                        help="torch.compile the PRN (opt-in, default False; the first batches compile)")
+    add_threads_argument(parser)
     return parser
 
 
 def resolve_refine_script(args: argparse.Namespace, script_file: str) -> RefineScript:
-    """Load the dataset config and fill in the defaults of :func:`refine_parser`'s flags."""
+    """Load the dataset config and fill in the defaults of :func:`refine_parser`'s flags (and set the
+    CPU threads from ``--threads``: both refine-models commands call this first)."""
+    configure_cli_threads(args.threads)
     ds_dir = dataset_dir_from_script(script_file)
     spec = load_dataset_spec(args.config if args.config is not None else ds_dir / "dataset.toml")
     if args.aux_model is None and args.patch_size is None:
@@ -82,23 +89,32 @@ def resolve_refine_script(args: argparse.Namespace, script_file: str) -> RefineS
 
 
 def default_weights(args: argparse.Namespace, run: RefineScript) -> Path:
-    """``<output_root>/checkpoints/<aux>/<aux>_weights.th`` for the requested grid."""
+    """The weights ``--checkpoint True`` means for the requested grid: ours,
+    ``<output_root>/checkpoints/<aux>/<aux>_weights.th``, else the released
+    ``checkpoints/released/<aux>_weights.th`` (InputError naming both if neither exists)."""
+    import logging
+
     from patchrefinenet.models.prn import resolve_grid
     from patchrefinenet.refine.data import RefineOutputs
 
     aux = resolve_grid(args.aux_model, args.patch_size, image_size=run.spec.prn_size).aux_name
-    return RefineOutputs(run.output_root, aux).weights
+    path, kind = RefineOutputs(run.output_root, aux).weights_to_load()
+    logging.getLogger("patchrefinenet").info("--checkpoint True: %s weights %s", kind, path)
+    return path
 
 
 _EXAMPLES = """examples:
   python src/{ds}/refine-models/train.py --base_model {m} --aux_model p64
   python src/{ds}/refine-models/train.py --aux_model p64 --resume True           # continue after Ctrl-C
   python src/{ds}/refine-models/train.py --aux_model p64 --checkpoint True       # start from p64_weights.th
+  python src/{ds}/refine-models/train.py --aux_model p64 --overwrite True        # replace an earlier run
   python src/{ds}/refine-models/train.py --patch_size 128 --epochs 50 --seed 1
   torchrun --standalone --nproc_per_node=4 src/{ds}/refine-models/train.py --aux_model p64 --bf16 True
 
 Writes checkpoints/<aux>/<aux>_weights.th (best), <aux>_last.th (resume) and logs/<aux>/ under
---output_root. Missing pseudo-labels train_aux_gt_p_<P>.npy are generated from val_pred.npy.
+--output_root; an earlier run's files there are kept unless --resume True or --overwrite True.
+--checkpoint True starts from our <aux>_weights.th, else the released checkpoints/released/ file.
+Missing or stale pseudo-labels train_aux_gt_p_<P>.npy are generated from val_pred.npy.
 """
 
 
@@ -110,6 +126,8 @@ def _parser(script_file: str) -> argparse.ArgumentParser:
         _EXAMPLES)
     parser.add_argument("--resume", type=str2bool, nargs="?", const=True, default=False,
                         help="continue an interrupted run from checkpoints/<aux>/<aux>_last.th")
+    parser.add_argument("--overwrite", type=str2bool, nargs="?", const=True, default=False,
+                        help="replace the weights of an earlier run under checkpoints/<aux>/ (default False: refuse)")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, shuffling, augmentation (default: 0)")
     parser.add_argument("--epochs", type=int, default=300, help="max epochs (default: 300)")
     parser.add_argument("--lr", type=float, default=8e-4, help="initial learning rate (default: 8e-4)")
@@ -145,8 +163,8 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
     if args.checkpoint:
         init = Path(args.checkpoint_path) if args.checkpoint_path is not None else default_weights(args, run)
         if not init.is_file():
-            raise InputError(f"--checkpoint True: no weights at {init}; train without --checkpoint first, "
-                             f"or pass the file with --checkpoint_path")
+            raise InputError(f"--checkpoint_path: no weights at {init}; train without --checkpoint first, "
+                             f"or pass an existing file")
     cfg = RefineTrainConfig(
         data_dir=str(run.data_dir), output_root=str(run.output_root), aux_model=args.aux_model,
         patch_size=args.patch_size, width=args.width, row7_quirk=args.row7_quirk, residual=args.residual,
@@ -154,8 +172,8 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
         batch_size=run.spec.refine.batch_size if args.batch_size is None else args.batch_size,
         shuffle=run.spec.refine.shuffle if args.shuffle is None else args.shuffle, augment=args.augment,
         patch_bn_stats=args.patch_bn_stats, seed=args.seed, device=args.device, bf16=args.bf16,
-        channels_last=args.channels_last, num_workers=args.num_workers,
-        max_batches_per_epoch=args.max_batches_per_epoch, resume=args.resume,
+        channels_last=args.channels_last, compile=args.compile, num_workers=args.num_workers,
+        max_batches_per_epoch=args.max_batches_per_epoch, resume=args.resume, overwrite=args.overwrite,
         init_checkpoint=None if init is None else str(init), dataset=run.spec.name, base_model=run.base_model,
         progress=args.progress)
     result = train_prn(cfg, dataset_spec=run.spec.to_dict())

@@ -16,7 +16,8 @@ from typing import Sequence
 
 from data_utils.errors import InputError
 from data_utils.spec import DatasetSpec, load_dataset_spec
-from patchrefinenet.cli.common import cli_entry, dataset_dir_from_script, repo_root, setup_logging, str2bool
+from patchrefinenet.cli.common import (add_threads_argument, cli_entry, configure_cli_threads, dataset_dir_from_script,
+                                       repo_root, setup_logging, str2bool)
 
 # = patchrefinenet.seg.train.SUPERVISION_MODES and the keys of patchrefinenet.rloss.REGULARIZERS
 # (repeated here so that --help answers without importing torch; a test keeps them equal).
@@ -50,11 +51,14 @@ def seg_parser(script_file: str, description: str) -> argparse.ArgumentParser:
                         help=f"folder for checkpoints/ and logs/ (default: src/{ds_dir.name}/seg-models)")
     parser.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda or cuda:<index>")
     parser.add_argument("--progress", type=str2bool, default=True, help="show progress bars (default: True)")
+    add_threads_argument(parser)
     return parser
 
 
 def resolve_seg_script(args: argparse.Namespace, script_file: str) -> SegScript:
-    """Load the dataset config, check ``--model`` and fill in the defaults of :func:`seg_parser`'s flags."""
+    """Load the dataset config, check ``--model`` and fill in the defaults of :func:`seg_parser`'s flags
+    (and set the CPU threads from ``--threads``: every seg-models command calls this first)."""
+    configure_cli_threads(args.threads)
     from patchrefinenet.models import BASE_MODELS  # imports torch: after parsing, so --help stays instant
 
     ds_dir = dataset_dir_from_script(script_file)
@@ -88,6 +92,8 @@ def _parser(script_file: str) -> argparse.ArgumentParser:
                              "optimizer, as the authors' --checkpoint")
     parser.add_argument("--checkpoint_path", type=Path, default=None,
                         help="weights file for --checkpoint True")
+    parser.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False,
+                        help="torch.compile the model (opt-in, default False; the first batches compile)")
     parser.add_argument("--resume", type=str2bool, nargs="?", const=True, default=False,
                         help="continue an interrupted run from checkpoints/<model>/<model>_last.th")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, shuffling and augmentation (default: 0)")
@@ -162,6 +168,7 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
         pretrained=args.pretrained, resume=args.resume,
         init_weights=(args.checkpoint_path or True) if args.checkpoint else None,
         max_batches_per_epoch=args.max_batches_per_epoch, num_workers=args.num_workers,
-        model_kwargs=width_kwargs(run.model, args.model_width), supervision=supervision, progress=args.progress)
+        model_kwargs=width_kwargs(run.model, args.model_width), supervision=supervision, progress=args.progress,
+        compile=args.compile)
     print(json.dumps(result, indent=2))
     return result
