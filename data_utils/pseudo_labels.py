@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from data_utils.arrays import as_maps, check_binary, check_probabilities, check_same_shape, open_maps, open_npy
 from data_utils.errors import InputError
+from data_utils import provenance
 from data_utils.io import open_memmap_atomic
 
 log = logging.getLogger("patchrefinenet")
@@ -168,7 +169,52 @@ def generate_pseudo_label_file(
     }
     log.info("pseudo-labels p=%d for %d images -> %s: mean patch IoU %.4f, mean image IoU %.4f",
              grid.patch_size, n, out_path, summary["mean_patch_iou"], summary["mean_image_iou"])
+    record = _settings(prob_raw.shape, patch_size, thresholds, out_dtype)
+    record["inputs"] = {"prob": provenance.fingerprint(prob_path), "gt": provenance.fingerprint(gt_path)}
+    record["output"] = provenance.fingerprint(out_path, content=False)
+    provenance.write_provenance(out_path, record)
     return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Provenance: is an existing pseudo-label file made from these inputs with these settings?
+
+#: Bumped whenever the labels this module writes for the same inputs change.
+PSEUDO_LABEL_VERSION = 1
+
+
+def _settings(shape, patch_size: int, thresholds, out_dtype) -> dict:
+    return {"kind": "pseudo_labels", "version": PSEUDO_LABEL_VERSION, "shape": [int(s) for s in shape],
+            "patch_size": int(patch_size), "thresholds": [float(t) for t in thresholds],
+            "dtype": np.dtype(out_dtype).str}
+
+
+def pseudo_label_staleness(out_path: str | os.PathLike, prob_path: str | os.PathLike, gt_path: str | os.PathLike,
+                           patch_size: int, *, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> str | None:
+    """None if ``out_path`` was written by :func:`generate_pseudo_label_file` from the current
+    ``prob_path`` / ``gt_path`` with ``patch_size`` and ``thresholds`` (and this code version);
+    otherwise a short reason (missing file, no provenance record, which input or setting changed).
+
+    Reads the sidecar ``<out_path>.provenance.json``; an input whose size and mtime changed is
+    re-hashed, so a touched but identical file still counts as current.
+    """
+    if not os.path.isfile(out_path):
+        return f"{out_path} does not exist"
+    record = provenance.read_provenance(out_path)
+    if record is None or record.get("kind") != "pseudo_labels":
+        return f"{out_path} has no provenance record ({provenance.sidecar_path(out_path).name})"
+    if not provenance.matches(record.get("output", {}), out_path):
+        return f"{out_path} was replaced after it was generated"
+    why = []
+    changed = provenance.changed_inputs(record.get("inputs", {}), {"prob": prob_path, "gt": gt_path})
+    why += [f"{os.path.basename(prob_path if k == 'prob' else gt_path)} changed since" for k in changed]
+    if record.get("patch_size") != int(patch_size):
+        why.append(f"made with {record.get('patch_size')}-px patches, {int(patch_size)} asked")
+    if record.get("thresholds") != [float(t) for t in thresholds]:
+        why.append("made with other thresholds")
+    if record.get("version") != PSEUDO_LABEL_VERSION:
+        why.append(f"made by pseudo-label code version {record.get('version')}, now {PSEUDO_LABEL_VERSION}")
+    return f"{out_path} is stale: " + "; ".join(why) if why else None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -258,3 +258,26 @@ def test_file_path_errors_name_the_file(tmp_path):
             tmp_path / "p.npy", tmp_path / "g.npy", tmp_path / "o.npy", 8, chunk=0, progress=False
         )
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_pseudo_label_provenance_tells_current_from_stale(tmp_path):
+    from data_utils.provenance import sidecar_path
+    from data_utils.pseudo_labels import generate_pseudo_label_file, pseudo_label_staleness
+
+    rng = np.random.default_rng(0)
+    prob_path, gt_path, out = tmp_path / "val_pred.npy", tmp_path / "val_orig_gt.npy", tmp_path / "train_aux_gt_p_8.npy"
+    np.save(prob_path, rng.random((3, 16, 16, 1), dtype=np.float32))
+    np.save(gt_path, (rng.random((3, 16, 16, 1)) > 0.5).astype(np.float32))
+    assert "does not exist" in pseudo_label_staleness(out, prob_path, gt_path, 8)
+    generate_pseudo_label_file(prob_path, gt_path, out, 8, progress=False)
+    assert sidecar_path(out).is_file()
+    assert pseudo_label_staleness(out, prob_path, gt_path, 8) is None
+    assert "made with 8-px patches, 16 asked" in pseudo_label_staleness(out, prob_path, gt_path, 16)
+    assert "thresholds" in pseudo_label_staleness(out, prob_path, gt_path, 8, thresholds=(0.5, 1.0))
+    np.save(prob_path, np.load(prob_path))  # rewritten with the same bytes: still current
+    assert pseudo_label_staleness(out, prob_path, gt_path, 8) is None
+    np.save(prob_path, rng.random((3, 16, 16, 1), dtype=np.float32))  # new base maps
+    reason = pseudo_label_staleness(out, prob_path, gt_path, 8)
+    assert "stale" in reason and "val_pred.npy changed" in reason
+    sidecar_path(out).unlink()
+    assert "no provenance record" in pseudo_label_staleness(out, prob_path, gt_path, 8)

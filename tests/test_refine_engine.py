@@ -200,8 +200,16 @@ def test_cli_train_predict_in_process(data_dir, tmp_path, capsys):
                                     *common])
     assert res["epochs_run"] == 1 and (tmp_path / "checkpoints" / "p0" / "p0_weights.th").is_file()
     assert (data_dir / "train_aux_gt_p_32.npy").is_file()  # p0 = one patch per (32-px) image
-    # --checkpoint True starts from the saved weights
-    refine_train.main(train, ["--aux_model", "p0", "--epochs", "1", "--width", "4", "--checkpoint", "True", *common])
+    # a new run never replaces an earlier run's weights unless asked
+    weights = tmp_path / "checkpoints" / "p0" / "p0_weights.th"
+    before = weights.read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        refine_train.main(train, ["--aux_model", "p0", "--epochs", "1", "--width", "4", *common])
+    assert exc.value.code == 2 and "--overwrite True" in capsys.readouterr().err
+    assert weights.read_bytes() == before
+    # --checkpoint True starts from the saved weights (here replacing them, so --overwrite True)
+    refine_train.main(train, ["--aux_model", "p0", "--epochs", "1", "--width", "4", "--checkpoint", "True",
+                              "--overwrite", "True", *common])
     logs = sorted((tmp_path / "logs" / "p0").glob("p0_train_log_*.log"))
     assert any("initialised from" in p.read_text() for p in logs)
 

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from data_utils.arrays import as_maps, check_binary, check_probabilities, open_npy
 from data_utils.errors import InputError
+from data_utils.spec import released_checkpoint_dir
 
 
 class NpyMaps:
@@ -190,7 +191,8 @@ def pseudo_label_name(patch_size: int) -> str:
 @dataclass(frozen=True)
 class RefineOutputs:
     """Where a PRN run writes, under ``<output_root>`` (docs/DESIGN.md): per ``aux`` name,
-    ``checkpoints/<aux>/``, ``logs/<aux>/`` and ``outputs/<aux>/``."""
+    ``checkpoints/<aux>/``, ``logs/<aux>/`` and ``outputs/<aux>/``. The authors' downloaded files
+    are read from ``checkpoints/released/`` and never written."""
 
     root: Path
     aux: str
@@ -211,6 +213,19 @@ class RefineOutputs:
     def weights(self) -> Path:
         """Best weights so far (``<aux>_weights.th``, the authors' name)."""
         return self.checkpoint_dir / f"{self.aux}_weights.th"
+
+    @property
+    def released_weights(self) -> Path:
+        """The authors' file for this name where ``download.py`` puts it: ``checkpoints/released/<aux>_weights.th``."""
+        return released_checkpoint_dir(self.root) / f"{self.aux}_weights.th"
+
+    def weights_to_load(self) -> tuple[Path, str]:
+        """(path, ``"trained"`` or ``"released"``): ours if it exists, else the released file; InputError if neither."""
+        for path, kind in ((self.weights, "trained"), (self.released_weights, "released")):
+            if path.is_file():
+                return path, kind
+        raise InputError(f"no {self.aux} weights: neither {self.weights} (train.py --aux_model {self.aux} writes it) "
+                         f"nor {self.released_weights} (`python download.py`) exists; or pass --checkpoint_path FILE")
 
     @property
     def last(self) -> Path:

@@ -70,9 +70,11 @@ class RefinePredictConfig:
 
     data_dir holds ``test_input.npy`` and ``test_orig_gt.npy``; results go to
     ``<output_root>/logs/<aux>/`` (log, metrics JSON) and ``<output_root>/outputs/<aux>/`` (masks,
-    probabilities, figure). ``checkpoint_path`` defaults to ``<output_root>/checkpoints/<aux>/<aux>_weights.th``
-    and may be ours or the authors' bare p0/p4/p64 file. ``combine`` None = ``upstream`` for grid > 0,
-    ``global`` for grid 0. ``figure`` = number of example rows in the figure (0: none).
+    probabilities, figure). ``checkpoint_path`` defaults to ours,
+    ``<output_root>/checkpoints/<aux>/<aux>_weights.th``, else the released
+    ``checkpoints/released/<aux>_weights.th``; it may be ours or the authors' bare p0/p4/p64 file.
+    ``combine`` None = ``upstream`` for grid > 0, ``global`` for grid 0. ``figure`` = number of example
+    rows in the figure (0: none).
     """
 
     data_dir: str
@@ -142,8 +144,9 @@ def predict_prn(cfg: RefinePredictConfig) -> dict[str, Any]:
     n, h, w = NpyMaps(inputs, "test inputs").shape
     choice = resolve_grid(cfg.aux_model, cfg.patch_size, image_size=h)
     out = RefineOutputs(Path(cfg.output_root), choice.aux_name)
-    ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else out.weights
+    ckpt, kind = (Path(cfg.checkpoint_path), "--checkpoint_path") if cfg.checkpoint_path else out.weights_to_load()
     with log_to_file(out.predict_log, mode="a"):
+        log.info("PRN weights: %s (%s)", ckpt, kind)
         model, source = _load_model(cfg, choice.grid, ckpt, device)
         grid = model.config.grid
         combine = cfg.combine or ("upstream" if grid > 0 else "global")

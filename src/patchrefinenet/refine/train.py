@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from data_utils.errors import InputError
 from data_utils.io import write_text_atomic
-from data_utils.pseudo_labels import generate_pseudo_label_file
+from data_utils.provenance import changed_inputs, fingerprint, read_provenance
+from data_utils.pseudo_labels import generate_pseudo_label_file, pseudo_label_staleness
 from patchrefinenet.checkpoint import load_checkpoint, load_weights_strict, save_checkpoint
 from patchrefinenet.losses import PRNLoss
 from patchrefinenet.models.prn import PRN, GridChoice, PRNConfig, load_prn, resolve_grid
@@ -91,6 +92,7 @@ class RefineTrainConfig:
     num_workers: int = 0
     max_batches_per_epoch: int | None = None
     resume: bool = False
+    overwrite: bool = False
     init_checkpoint: str | None = None
     dataset: str = ""
     base_model: str = ""
@@ -101,8 +103,10 @@ class RefineTrainConfig:
             if getattr(self, key) < 1:
                 raise InputError(f"--{key} must be >= 1, got {getattr(self, key)}")
         for key in ("lr", "lr_factor"):
-            if not getattr(self, key) > 0:
-                raise InputError(f"{key} must be > 0, got {getattr(self, key)}")
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
+                raise InputError(f"--{key} must be a finite number > 0, got {getattr(self, key)}")
+        if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
+            raise InputError(f"min_lr must be a finite number >= 0, got {self.min_lr}")
         for key in ("seed", "num_workers", "decay_after", "stop_after"):
             if getattr(self, key) < 0:
                 raise InputError(f"{key} must be >= 0, got {getattr(self, key)}")
@@ -192,11 +196,21 @@ class _Run:
     # ------------------------------------------------------------------ setup
 
     def _ensure_pseudo_labels(self) -> None:
-        """Make ``train_aux_gt_p_<P>.npy`` from the validation arrays if it is missing (rank 0, then all wait)."""
-        if self.source is None and not self.pseudo.is_file() and self.info.is_main:
-            log.info("pseudo-labels %s not found: generating them with %d-px patches", self.pseudo, self.choice.patch_size)
-            generate_pseudo_label_file(self.inputs, self.gt, self.pseudo, self.choice.patch_size,
-                                       progress=self.cfg.progress)
+        """Make ``train_aux_gt_p_<P>.npy`` from the validation arrays if it is missing or stale (rank 0, then
+        all wait). Stale: its provenance record says it was made from other arrays or settings. A file
+        without a record (the authors' data.zip) is used as it is, unless older than the arrays."""
+        if self.source is None and self.info.is_main:
+            stale = pseudo_label_staleness(self.pseudo, self.inputs, self.gt, self.choice.patch_size)
+            if stale is not None and self.pseudo.is_file() and read_provenance(self.pseudo) is None:
+                newer = [p.name for p in (self.inputs, self.gt) if p.stat().st_mtime > self.pseudo.stat().st_mtime]
+                if newer:
+                    raise InputError(f"{self.pseudo} has no provenance record and is older than {', '.join(newer)}: "
+                                     f"it may come from other maps; delete it to regenerate it")
+                log.warning("%s; using it as it is (delete it to regenerate it)", stale)
+            elif stale is not None:
+                log.info("%s: generating pseudo-labels with %d-px patches", stale, self.choice.patch_size)
+                generate_pseudo_label_file(self.inputs, self.gt, self.pseudo, self.choice.patch_size,
+                                           progress=self.cfg.progress)
         barrier()
 
     def _config_record(self, n_images: int, h: int, w: int) -> dict:
@@ -204,8 +218,11 @@ class _Run:
         dataset = {"name": self.cfg.dataset, "base_model": self.cfg.base_model, "n_images": n_images,
                    "image_size": [h, w], "inputs": str(self.inputs), "pseudo_labels": str(self.pseudo),
                    "ground_truth": str(self.gt), "spec": self.dataset_spec}
+        dataset["patch_size"] = self.choice.patch_size
         if self.source is not None:
             dataset.update(inputs=self.source.description, pseudo_labels="computed per map", ground_truth="in memory")
+        else:  # what --resume compares: the run continues only on the same arrays
+            dataset["fingerprints"] = {"inputs": fingerprint(self.inputs), "ground_truth": fingerprint(self.gt)}
         return {"model": self.prn_config.to_dict(), "train": self.cfg.to_dict(), "dataset": dataset}
 
     def _build_model(self) -> PRN:
@@ -237,8 +254,9 @@ class _Run:
                  for k in _RUN_KEYS if saved_train.get(k) != getattr(self.cfg, k)]
         if saved_model.get("grid") != self.prn_config.grid:
             diffs.insert(0, f"grid: saved {saved_model.get('grid')!r}, now {self.prn_config.grid}")
+        diffs += self._data_changes((ck.config or {}).get("dataset") or {})
         if diffs:
-            raise InputError(f"--resume: {self.out.last} was written with other settings ({'; '.join(diffs)}); "
+            raise InputError(f"--resume: {self.out.last} was written with other settings or data ({'; '.join(diffs)}); "
                              f"pass the saved values or start a new run without --resume")
         load_weights_strict(model, ck.state_dict, f"resume file {self.out.last}")
         optimizer.load_state_dict(ts["optimizer"])
@@ -248,10 +266,30 @@ class _Run:
                  schedule.best, ts["lr"])
         return ts
 
+    def _data_changes(self, saved: dict) -> list[str]:
+        """What differs between the data a resume file was trained on and the data now."""
+        now = self.config_record["dataset"]
+        diffs = [f"{key}: saved {saved.get(key)!r}, now {now[key]!r}"
+                 for key in ("n_images", "image_size", "patch_size") if key in saved and saved[key] != now[key]]
+        files = {"inputs": self.inputs, "ground_truth": self.gt}
+        check = "fingerprints" in saved and self.source is None and not diffs
+        changed = changed_inputs(saved["fingerprints"], files) if check else []
+        return diffs + [f"{files[k].name} changed since the run started" for k in changed]
+
     # ------------------------------------------------------------------ main loop
+
+    def _refuse_overwrite(self) -> None:
+        """A new run (no --resume) never replaces weights an earlier run wrote, unless --overwrite True."""
+        if self.cfg.resume or self.cfg.overwrite:
+            return
+        existing = [p for p in (self.out.weights, self.out.last) if p.is_file()]
+        if existing:
+            raise InputError(f"{existing[0]} exists (an earlier run's weights); continue it with --resume True, "
+                             f"replace it with --overwrite True, or write elsewhere with --output_root")
 
     def run(self) -> dict:
         cfg, info = self.cfg, self.info
+        self._refuse_overwrite()
         self._ensure_pseudo_labels()
         if self.source is not None:
             dataset, (h, w) = self.source.dataset, self.source.image_size
@@ -270,8 +308,6 @@ class _Run:
             if (cfg.bf16 or cfg.channels_last) and not self.cuda:
                 log.warning("--bf16/--channels_last apply on CUDA only; ignored on %s", self.device)
             log.info("config: %s", json.dumps(self.config_record["train"], sort_keys=True))
-            if info.is_main:
-                write_text_atomic(self.out.train_config, json.dumps(self.config_record, indent=2, sort_keys=True) + "\n")
             result = self._loop(dataset)
             result["log_file"] = None if log_file is None else str(log_file)
             return result
@@ -287,6 +323,8 @@ class _Run:
         if cfg.resume:
             ts = self._resume(model, optimizer, schedule)
             start, stopped, lr, history = int(ts["epoch"]), ts.get("stopped"), float(ts["lr"]), list(ts["history"])
+        if info.is_main:  # only now: a run refused above leaves the files of the earlier run as they were
+            write_text_atomic(self.out.train_config, json.dumps(self.config_record, indent=2, sort_keys=True) + "\n")
         net = model
         if info.distributed:
             net = DistributedDataParallel(model, device_ids=[device.index] if self.cuda else None)
@@ -371,7 +409,12 @@ class _Run:
             with autocast_context(device, self.bf16):
                 global_prob, local_prob = net(x)
             # the loss runs in float32 (BCE is unsafe under autocast)
-            parts = loss_fn(global_prob.float(), None if local_prob is None else local_prob.float(), pseudo, gt)
+            try:
+                parts = loss_fn(global_prob.float(), None if local_prob is None else local_prob.float(), pseudo, gt)
+            except (InputError, RuntimeError):  # BCE refuses NaN inputs
+                if not bool(torch.isfinite(global_prob.detach()).all()):  # the weights diverged: say so
+                    raise self._diverged(epoch) from None
+                raise
             parts["loss"].backward()
             optimizer.step()
             with torch.no_grad():  # no host sync here: the sums stay on the device
@@ -381,10 +424,14 @@ class _Run:
             sums["batches"] += 1
             if step % 10 == 0 or step == total - 1:  # the only host syncs of the loop
                 sums.update(zip(keys, acc.tolist()))
+                if not math.isfinite(sums["loss"]):
+                    raise self._diverged(epoch)
                 bar.set_postfix(loss=f"{sums['loss'] / sums['batches']:.4f}",
                                 iou=f"{(sums['inter'] + 1) / (sums['union'] + 1):.4f}")
         bar.close()
         sums.update(zip(keys, acc.tolist()))
+        if not math.isfinite(sums["loss"]):
+            raise self._diverged(epoch)
         names = list(sums)
         reduced = dict(zip(names, all_reduce_sum(torch.tensor([sums[k] for k in names], dtype=torch.float64,
                                                                 device=device)).tolist()))
@@ -394,6 +441,13 @@ class _Run:
         if self.choice.grid > 0:
             out["iou_local"] = (reduced["inter_local"] + 1) / (reduced["union_local"] + 1)
         return out
+
+    def _diverged(self, epoch: int) -> InputError:
+        """The error that ends a run whose loss became non-finite; the files of the last good epoch stay."""
+        kept = " and ".join(str(p) for p in (self.out.weights, self.out.last) if p.is_file())
+        return InputError(f"the training loss became non-finite in epoch {epoch + 1} (lr {self.cfg.lr:g}): the "
+                          f"weights diverged; stopped, keeping {kept or 'no checkpoint (none was saved yet)'}; "
+                          f"start again with a smaller --lr (and --overwrite True)")
 
     # ------------------------------------------------------------------ files
 
