@@ -172,3 +172,18 @@ def test_download_py_help_runs_from_anywhere(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "download.py"), "--datasets", "coco"], capture_output=True,
                          text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "coco" in bad.stderr
+
+
+def test_unpacked_data_keep_the_archive_times(tmp_path, drive):
+    """Which array was made after which stays visible (a pseudo-label file older than its maps is refused)."""
+    files, _ = drive
+    for rel in (KV_BASE, KV_PRN):
+        (tmp_path / rel).parent.mkdir(parents=True)
+        (tmp_path / rel).write_bytes(b"w")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(zipfile.ZipInfo("kvasir/seg-models/a.npy", date_time=(2021, 3, 4, 5, 6, 8)), b"a")
+    files[DATA_ARCHIVES[0].file_id] = buf.getvalue()
+    download(["kvasir"], dest_root=tmp_path, data=True)
+    import time
+    assert time.localtime((tmp_path / "data/kvasir/seg-models/a.npy").stat().st_mtime)[:6] == (2021, 3, 4, 5, 6, 8)
