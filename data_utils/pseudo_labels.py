@@ -104,6 +104,7 @@ def generate_pseudo_label_file(
     out_dtype=np.uint8,
     threshold_map_path: str | os.PathLike | None = None,
     progress: bool = True,
+    device: str | None = None,
 ) -> dict:
     """Stream :func:`patch_pseudo_labels` over the N maps of a ``.npy`` file, ``chunk`` images at a time.
 
@@ -113,7 +114,8 @@ def generate_pseudo_label_file(
     (N, gh, gw) float32. Both files appear only when complete (nothing is left on failure).
     Returns a summary: n_images, image_size, patch_size, grid, n_thresholds, mean_patch_iou,
     mean_image_iou (mean over images of each label's (I+1)/(U+1) against the GT, the kvasir
-    "RST mIoU"), pooled_iou, mean_threshold and the output paths.
+    "RST mIoU"), pooled_iou, mean_threshold and the output paths. ``device`` (e.g. ``"cuda"``) runs
+    the search there with :mod:`data_utils.pseudo_labels_torch` (identical labels); None: numpy.
     """
     prob_raw = open_npy(prob_path, "prob")
     prob = as_maps(prob_raw, f"prob ({prob_path})")
@@ -143,7 +145,12 @@ def generate_pseudo_label_file(
                 pb, gb = prob[s:e], gt[s:e]
                 check_probabilities(pb, f"prob ({prob_path})", start=s)
                 check_binary(gb, f"gt ({gt_path})", start=s)
-                res = _search(pb, gb, grid)
+                if device is None:
+                    res = _search(pb, gb, grid)
+                else:
+                    from data_utils.pseudo_labels_torch import search_chunk  # imports torch
+
+                    res = search_chunk(pb, gb, grid, device)
                 out[s:e] = res.labels
                 taus = grid.thresholds_f32[res.choice]
                 if tmap is not None:
