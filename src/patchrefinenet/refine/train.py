@@ -210,7 +210,7 @@ class _Run:
             elif stale is not None:
                 log.info("%s: generating pseudo-labels with %d-px patches", stale, self.choice.patch_size)
                 generate_pseudo_label_file(self.inputs, self.gt, self.pseudo, self.choice.patch_size,
-                                           progress=self.cfg.progress)
+                                           progress=self.cfg.progress, device=str(self.device) if self.cuda else None)
         barrier()
 
     def _config_record(self, n_images: int, h: int, w: int) -> dict:
