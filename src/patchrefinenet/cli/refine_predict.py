@@ -29,12 +29,20 @@ so BatchNorm used per-image / per-patch statistics); the default uses running st
 """
 
 
+def _quirk_arg(value: str) -> bool | None:
+    """``--row7_quirk``: True, False or auto (None)."""
+    return None if value.strip().lower() == "auto" else str2bool(value)
+
+
 def _parser(script_file: str) -> argparse.ArgumentParser:
     parser = refine_parser(
         script_file, "Refine the base model's test probability maps with a trained PatchRefineNet and score "
                      "them (pooled IoU as the authors' 'mIoU', plus Dice, precision, recall, MAE) against the "
                      "base model and each head alone.",
         _EXAMPLES)
+    parser.add_argument("--row7_quirk", type=_quirk_arg, default=None, metavar="{True,False,auto}",
+                        help="the authors' P64 row-7 wiring (docs/authors-refine.md R3.4); auto (default): on "
+                             "only for a bare file with the authors' P64 keys and shapes on the 8×8 grid")
     parser.add_argument("--batch_stats", type=str2bool, nargs="?", const=True, default=False,
                         help="BatchNorm with the current batch's statistics, per patch in the local decoder "
                              "(the authors' inference); default False = eval mode")
@@ -66,7 +74,8 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
     cfg = RefinePredictConfig(
         data_dir=str(run.data_dir), output_root=str(run.output_root), aux_model=args.aux_model,
         patch_size=args.patch_size, checkpoint_path=None if args.checkpoint_path is None else str(Path(args.checkpoint_path)),
-        batch_stats=args.batch_stats, combine=args.combine, batch_size=args.batch_size, device=args.device,
+        batch_stats=args.batch_stats, row7_quirk=args.row7_quirk, combine=args.combine, batch_size=args.batch_size,
+        device=args.device,
         bf16=args.bf16, channels_last=args.channels_last, compile=args.compile, save_masks=args.save_masks, save_probs=args.save_probs,
         figure=args.figure, saliency=run.spec.layout == "duts", num_workers=args.num_workers,
         dataset=run.spec.name, base_model=run.base_model, progress=args.progress)

@@ -6,6 +6,8 @@ Spec: R §2–§4 (architecture, quirk, BatchNorm), §5 + Appendix A (state_dict
 """
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
 import re
@@ -33,6 +35,9 @@ __all__ = [
 
 # The authors' ThreshNetP4 names its heads conv_last_*; ThreshNetP64 (and PRN) use out_* (R §3.3).
 AUTHORS_P4_RENAMES = {"conv_last_global.": "out_global.", "conv_last_local.": "out_local."}
+
+log = logging.getLogger("patchrefinenet")
+
 _QUIRK_GRID, _QUIRK_ROW, _QUIRK_SOURCE_ROW = 8, 6, 2  # P64: patch row 6 takes its x1 cell from row 2 (R §3.4)
 _RESIDUAL_EPS = 1e-4  # residual heads: base probabilities are clamped to [eps, 1 - eps] before the logit
 
@@ -362,12 +367,32 @@ def resolve_grid(aux_model: str | None = None, patch_size: int | None = None, im
     return GridChoice(grid, patch, grid * grid, f"p{grid * grid}", _describe(grid, patch, image_size))
 
 
-def infer_authors_variant(state_dict: dict[str, torch.Tensor]) -> tuple[str, PRNConfig]:
-    """Which of the authors' models a bare state_dict is, from its key names (R §5).
+@functools.lru_cache(maxsize=None)
+def _authors_layout(variant: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(key, shape) of every entry of the authors' bare ``variant`` file (R §5, Appendix A), in order.
 
-    ``conv_last_*`` -> ``"p4"`` (ThreshNetP4: grid 4, R §15.5); ``out_local`` -> ``"p64"`` (grid 8,
-    with ``row7_quirk=True`` as the checkpoints were trained, R §3.4); neither -> ``"p0"`` (grid 0).
-    Width and input channels come from the first conv, head kernel from the global head.
+    Their files are our PRN at width 32 with one input channel; p4 names its heads ``conv_last_*``.
+    """
+    config = PRNConfig(grid=0 if variant == "p0" else 8, width=32, global_head_kernel=1 if variant == "p0" else 3)
+    with torch.device("meta"):  # shapes only, nothing allocated
+        keys = PRN(config).state_dict()
+    rename = {v: k for k, v in AUTHORS_P4_RENAMES.items()} if variant == "p4" else {}
+    out = []
+    for key, value in keys.items():
+        for new, old in rename.items():
+            key = key.replace(new, old)
+        out.append((key, tuple(value.shape)))
+    return tuple(out)
+
+
+def infer_authors_variant(state_dict: dict[str, torch.Tensor]) -> tuple[str | None, PRNConfig]:
+    """Which of the authors' models a bare state_dict is (R §5), and the PRN config its weights imply.
+
+    ``"p4"`` (ThreshNetP4: grid 4, R §15.5), ``"p64"`` (grid 8 with ``row7_quirk=True``, as their
+    checkpoints were trained, R §3.4) or ``"p0"`` (grid 0) only when every key and shape is that of
+    their file. Otherwise ``None`` (e.g. a bare state_dict of our own PRN, another width): the config
+    then has the width, input channels and head kernel of the weights, grid 8 if they hold a local
+    decoder (a bare file does not record its grid; :func:`load_prn` takes the caller's) and no quirk.
     """
     state_dict = clean_state_dict(state_dict)
     first = state_dict.get("encoding.RRCNN1.Conv_1x1.weight")
@@ -383,7 +408,35 @@ def infer_authors_variant(state_dict: dict[str, torch.Tensor]) -> tuple[str, PRN
     if head not in state_dict:
         raise InputError(f"not a PRN state_dict: the global head '{head}' is missing")
     kernel = int(state_dict[head].shape[-1])
+    layout = tuple((k, tuple(v.shape)) for k, v in state_dict.items())
+    if sorted(layout) != sorted(_authors_layout(variant)) and variant != "p4":  # conv_last_* heads are theirs alone
+        variant, quirk = None, False
     return variant, PRNConfig(grid=grid, width=width, row7_quirk=quirk, global_head_kernel=kernel, in_channels=in_ch)
+
+
+def _bare_config(path: Any, state_dict: dict, requested_grid: int | None, row7_quirk: bool | None) -> PRNConfig:
+    """The config of a bare state_dict, with one log line saying what was inferred and why."""
+    variant, config = infer_authors_variant(state_dict)
+    grid = config.grid
+    if grid > 0 and variant != "p4" and requested_grid:  # a local decoder fits any grid: honour the one asked for
+        grid = requested_grid
+    if variant == "p64" and grid == _QUIRK_GRID:
+        why = "the keys and shapes of the authors' ThreshNetP64 file and an 8×8 grid"
+        quirk = True if row7_quirk is None else row7_quirk
+        how = "; pass --row7_quirk False if these are your own weights" if row7_quirk is None else " (--row7_quirk)"
+    elif variant is not None:
+        why, quirk, how = f"the keys and shapes of the authors' {variant} file", bool(row7_quirk), ""
+    else:
+        why = f"a bare state_dict that is not one of the authors' files (width {config.width})"
+        quirk, how = bool(row7_quirk), ""
+    if grid > 0 and variant != "p4":
+        why += f"; grid {grid} from {'the requested --aux_model/--patch_size' if requested_grid else 'the default'}"
+    if quirk and grid != _QUIRK_GRID:
+        raise InputError(f"{path}: --row7_quirk True needs the 8×8 grid (p64); these weights are loaded on grid {grid}")
+    config = replace(config, grid=grid, row7_quirk=quirk)
+    log.info("%s: %s (%s): grid %d, row7_quirk %s%s", path, f"authors' {variant}" if variant else "our PRN weights",
+             why, grid, quirk, how)
+    return config
 
 
 def _grid_words(grid: int) -> str:
@@ -411,6 +464,8 @@ def load_prn(
     expected_grid: int | None = None,
     *,
     grid_override: int | None = None,
+    requested_grid: int | None = None,
+    row7_quirk: bool | None = None,
     allow_numpy_scalars: bool = False,
 ) -> tuple[PRN, LoadedCheckpoint]:
     """Rebuild and strictly load a PRN from our checkpoint or the authors' bare p0/p4/p64 file.
@@ -420,18 +475,28 @@ def load_prn(
     a local decoder for an 8×8 grid, model was built for 4×4"). ``grid_override`` deliberately
     reuses a checkpoint's local decoder on another grid > 0 (the weights do not depend on G; the
     patch side in pixels changes). Returns the model in eval mode on ``map_location``'s device.
+
+    Bare state_dicts (no config): ``requested_grid`` is the grid a local decoder is loaded on (the
+    file does not record it; default 8, the authors' P64); ``row7_quirk`` None (auto) switches the
+    quirk on only for the authors' P64 layout on the 8×8 grid, True/False force it. For our
+    checkpoints ``row7_quirk`` None keeps the saved value.
     """
     ck = load_checkpoint(path, map_location, allow_numpy_scalars=allow_numpy_scalars)
     cfg_dict = _prn_config_dict(ck.config)
     if cfg_dict is not None:
         config, rename = PRNConfig.from_dict(cfg_dict), None
+        if row7_quirk is not None and row7_quirk != config.row7_quirk:
+            log.warning("%s was saved with row7_quirk %s; loading it with --row7_quirk %s as asked", path,
+                        config.row7_quirk, row7_quirk)
+            config = replace(config, row7_quirk=row7_quirk)
     elif ck.source == "patchrefinenet":
         raise InputError(f"{path} is a patchrefinenet checkpoint but its config has no PRN 'grid': it is not a PRN checkpoint")
     else:
         try:
-            _, config = infer_authors_variant(ck.state_dict)
+            config = _bare_config(path, ck.state_dict, requested_grid, row7_quirk)
         except InputError as e:
-            raise InputError(f"{path}: {e} (is this a base-model checkpoint?)") from None
+            raise InputError(f"{path}: {e} (is this a base-model checkpoint?)" if "PRN state_dict" in str(e)
+                             else str(e)) from None
         rename = AUTHORS_P4_RENAMES
     if grid_override is not None and grid_override != config.grid:
         if config.grid == 0 or not isinstance(grid_override, int) or grid_override < 1:

@@ -83,6 +83,7 @@ class RefinePredictConfig:
     patch_size: int | None = None
     checkpoint_path: str | None = None
     batch_stats: bool = False
+    row7_quirk: bool | None = None  # None: on only for the authors' bare P64 file (models.prn.load_prn)
     combine: str | None = None
     batch_size: int = 1
     device: str = "auto"
@@ -112,7 +113,7 @@ def _load_model(cfg: RefinePredictConfig, grid: int, path: Path, device: torch.d
     if not path.is_file():
         raise InputError(f"no PRN checkpoint at {path}; train one (refine-models/train.py with the same "
                          f"--aux_model) or pass the authors' file with --checkpoint_path")
-    model, ck = load_prn(path, "cpu")
+    model, ck = load_prn(path, "cpu", requested_grid=grid, row7_quirk=cfg.row7_quirk)
     got = model.config.grid
     if got != grid:
         if ck.source == "patchrefinenet":

@@ -229,7 +229,8 @@ class _Run:
         seed_everything(self.cfg.seed)
         model = PRN(self.prn_config, check_values=False)  # RefineDataset checks every item: no sync per step
         if self.cfg.init_checkpoint:
-            loaded, ck = load_prn(self.cfg.init_checkpoint, "cpu", expected_grid=self.choice.grid)
+            loaded, ck = load_prn(self.cfg.init_checkpoint, "cpu", expected_grid=self.choice.grid,
+                                  requested_grid=self.choice.grid)
             load_weights_strict(model, loaded.state_dict(), f"--checkpoint {self.cfg.init_checkpoint}")
             log.info("initialised from %s (%s checkpoint)", self.cfg.init_checkpoint, ck.source)
         model.set_batch_statistics(self.cfg.patch_bn_stats)
