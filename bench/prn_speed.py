@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         variant = [args.device] if args.device != "cpu" else []
         variant += [f"{args.threads} thread(s)"] if args.threads else []
         variant += ["forward only"] if args.forward_only else []
+        variant += [f for f, on in (("bf16", args.bf16), ("channels_last", args.channels_last)) if on]
         section = "PRN speed (bench/prn_speed.py)" + (f" — {', '.join(variant)}" if variant else "")
         record(section, body)
 
