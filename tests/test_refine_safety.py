@@ -159,3 +159,26 @@ def test_predict_uses_our_weights_first_then_the_released_file(tmp_path):
     log = (out / "logs" / "p0" / "p0_predict_log.log").read_text()
     assert f"{released} (released)" in log and f"{ours} (trained)" in log
     assert json.loads((out / "logs" / "p0" / "p0_predict_metrics.json").read_text())["checkpoint"] == str(ours)
+
+
+def test_failed_predict_leaves_the_earlier_outputs_whole_and_logs_the_error(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    _write_maps(data, 4, seed=5, names=("test_input.npy", "test_orig_gt.npy"))
+    weights = tmp_path / "w.th"
+    save_checkpoint(weights, PRN(PRNConfig(grid=0, width=4)).state_dict(), {"model": PRNConfig(grid=0, width=4).to_dict()},
+                    {})
+    cfg = RefinePredictConfig(data_dir=str(data), output_root=str(out), aux_model="p0", checkpoint_path=str(weights),
+                              device="cpu", progress=False, figure=2, save_masks=True)
+    predict_prn(cfg)
+    outputs, metrics = out / "outputs" / "p0", out / "logs" / "p0" / "p0_predict_metrics.json"
+    before = {p: p.read_bytes() for p in [*outputs.rglob("*.png"), metrics]}
+    assert len(list((outputs / "masks").glob("*.png"))) == 4
+    prob = np.load(data / "test_input.npy")
+    prob[2] = np.nan  # the third map is corrupt: the run fails after two masks
+    np.save(data / "test_input.npy", 1 - prob)
+    with pytest.raises(InputError, match="image 2"):
+        predict_prn(cfg)
+    assert {p: p.read_bytes() for p in [*outputs.rglob("*.png"), metrics]} == before
+    assert not [p for p in outputs.rglob(".*")]  # no staging folder left
+    last = (out / "logs" / "p0" / "p0_predict_log.log").read_text().splitlines()[-1]
+    assert "ERROR error:" in last and "image 2" in last

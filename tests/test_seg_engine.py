@@ -229,3 +229,16 @@ def test_trained_base_weights_are_found_before_the_released_file(tmp_path):
     ours.write_bytes(b"ours")
     assert find_base_checkpoint(spec, spec.base_model, tmp_path) == ours
     assert released.read_bytes() == b"theirs"
+
+
+def test_bad_base_arrays_name_the_file_and_the_log_ends_with_the_error(tmp_path):
+    folder = tmp_path / "data" / "deepglobe" / "seg-models"
+    folder.mkdir(parents=True)
+    np.save(folder / "test_input.npy", np.full((2, 2, 2, 1), 200, np.uint8))  # an 8-bit image, not probabilities
+    np.save(folder / "test_orig_gt.npy", np.zeros((2, 2, 2, 1), np.float32))
+    with pytest.raises(InputError) as info:
+        calculate_base_iou(tiny_spec(), "dlinknet", data_root=tmp_path / "data", output_root=tmp_path / "out",
+                           progress=False)
+    assert str(folder / "test_input.npy") in str(info.value) and "divide by 255" in str(info.value)
+    log_lines = (tmp_path / "out" / "logs" / "dlinknet" / "dlinknet_miou_log.log").read_text().splitlines()
+    assert "ERROR error:" in log_lines[-1] and str(folder / "test_input.npy") in log_lines[-1]

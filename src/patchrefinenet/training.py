@@ -394,6 +394,12 @@ def log_to_file(path: str | os.PathLike | None, mode: str = "a") -> Iterator[Pat
     logger.addHandler(handler)
     try:
         yield path
+    except BaseException as exc:  # the log ends with why the run ended, not with its last progress line
+        if isinstance(exc, KeyboardInterrupt):
+            logger.error("interrupted")
+        elif not isinstance(exc, (SystemExit, GeneratorExit)):
+            logger.error("error: %s", str(exc).strip() or type(exc).__name__)
+        raise
     finally:
         logger.removeHandler(handler)
         handler.close()

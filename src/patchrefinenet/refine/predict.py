@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from data_utils.errors import InputError
-from data_utils.io import atomic_path, open_memmap_atomic, write_text_atomic
+from data_utils.io import atomic_path, open_memmap_atomic, remove_stale_temporaries, staged_folder, write_text_atomic
 from patchrefinenet.metrics import SegmentationMeter
 from patchrefinenet.models.prn import PRN, load_prn, resolve_grid
 from patchrefinenet.refine.data import (
@@ -145,6 +145,8 @@ def predict_prn(cfg: RefinePredictConfig) -> dict[str, Any]:
     n, h, w = NpyMaps(inputs, "test inputs").shape
     choice = resolve_grid(cfg.aux_model, cfg.patch_size, image_size=h)
     out = RefineOutputs(Path(cfg.output_root), choice.aux_name)
+    for path in remove_stale_temporaries(out.output_dir, out.output_dir / "masks", out.log_dir):
+        log.info("removed %s (left by a run that was killed)", path)
     ckpt, kind = (Path(cfg.checkpoint_path), "--checkpoint_path") if cfg.checkpoint_path else out.weights_to_load()
     with log_to_file(out.predict_log, mode="a"):
         log.info("PRN weights: %s (%s)", ckpt, kind)
@@ -161,7 +163,8 @@ def predict_prn(cfg: RefinePredictConfig) -> dict[str, Any]:
         log.info("PRN prediction (%s): %s; checkpoint %s (%s); %d test maps of %d×%d; BatchNorm %s; combine %s",
                  cfg.dataset or data, choice.description, ckpt, source, n, h, w,
                  "batch statistics (authors)" if cfg.batch_stats else "running statistics (eval)", combine)
-        result = _evaluate(cfg, model, RefineDataset(inputs, gt_path), out, combine, device, bf16)
+        with staged_folder(out.output_dir) as stage:  # a failed run leaves the earlier outputs as they were
+            result = _evaluate(cfg, model, RefineDataset(inputs, gt_path), out, combine, device, bf16, stage)
         result.update(combine=combine, batch_stats=cfg.batch_stats, grid=grid, aux=choice.aux_name,
                       checkpoint=str(ckpt), checkpoint_source=source, data_dir=str(data), config=asdict(cfg))
         log.info("Total mIoU after Refinement = %f", result["miou"])
@@ -174,8 +177,9 @@ def predict_prn(cfg: RefinePredictConfig) -> dict[str, Any]:
 
 
 def _evaluate(cfg: RefinePredictConfig, model: PRN, dataset: RefineDataset, out: RefineOutputs, combine: str,
-              device: torch.device, bf16: bool) -> dict[str, Any]:
-    """Stream the test set through the model; accumulate metrics; write the optional outputs."""
+              device: torch.device, bf16: bool, stage: Path) -> dict[str, Any]:
+    """Stream the test set through the model; accumulate metrics; write the optional outputs into
+    ``stage`` (moved to ``out.output_dir`` when the run succeeds; the result names the final paths)."""
     n, (h, w) = len(dataset), dataset.image_size
     has_local = model.config.grid > 0
     meters = {k: SegmentationMeter(saliency=cfg.saliency) for k in ("refined", "base", "global")}
@@ -189,7 +193,7 @@ def _evaluate(cfg: RefinePredictConfig, model: PRN, dataset: RefineDataset, out:
         probs = {}
         if cfg.save_probs:
             heads = ("global", "local") if has_local else ("global",)
-            probs = {k: stack.enter_context(open_memmap_atomic(out.output_dir / f"test_prob_{k}.npy", (n, h, w, 1)))
+            probs = {k: stack.enter_context(open_memmap_atomic(stage / f"test_prob_{k}.npy", (n, h, w, 1)))
                      for k in heads}
         bar = tqdm(loader, desc="PRN predict", unit="batch", disable=not cfg.progress)
         with torch.inference_mode():
@@ -217,7 +221,7 @@ def _evaluate(cfg: RefinePredictConfig, model: PRN, dataset: RefineDataset, out:
                     probs["local"][lo:hi] = l_np.transpose(0, 2, 3, 1)
                 if cfg.save_masks:
                     for i, mask in zip(index.tolist(), final[:, 0].numpy()):
-                        _write_png(out.output_dir / "masks" / f"{i:05d}.png", mask * 255)
+                        _write_png(stage / "masks" / f"{i:05d}.png", mask * 255)
                 for j in range(min(len(x), cfg.figure - len(examples))):
                     examples.append((x[j, 0].numpy(), g_np[j, 0], final[j, 0].numpy(), gt[j, 0].numpy()))
                 bar.set_postfix(miou=f"{_running_iou(meters['refined']):.4f}")
@@ -230,9 +234,9 @@ def _evaluate(cfg: RefinePredictConfig, model: PRN, dataset: RefineDataset, out:
     if cfg.save_masks:
         result["masks_dir"] = str(out.output_dir / "masks")
     if examples:
-        fig_path = out.output_dir / f"{out.aux}_predict_figure.png"
-        save_figure(fig_path, examples, f"PRN {out.aux} ({combine})")
-        result["figure"] = str(fig_path)
+        fig_name = f"{out.aux}_predict_figure.png"
+        save_figure(stage / fig_name, examples, f"PRN {out.aux} ({combine})")
+        result["figure"] = str(out.output_dir / fig_name)
     return result
 
 

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from data_utils.errors import InputError
-from data_utils.io import write_text_atomic
+from data_utils.io import remove_stale_temporaries, write_text_atomic
 from data_utils.provenance import changed_inputs, fingerprint, read_provenance
 from data_utils.pseudo_labels import generate_pseudo_label_file, pseudo_label_staleness
 from patchrefinenet.checkpoint import load_checkpoint, load_weights_strict, save_checkpoint
@@ -291,6 +291,10 @@ class _Run:
     def run(self) -> dict:
         cfg, info = self.cfg, self.info
         self._refuse_overwrite()
+        if info.is_main:  # what a killed earlier run left half-written
+            folders = [self.out.checkpoint_dir, self.out.log_dir] + ([] if self.source else [Path(cfg.data_dir)])
+            for path in remove_stale_temporaries(*folders):
+                log.info("removed %s (left by a run that was killed)", path)
         self._ensure_pseudo_labels()
         if self.source is not None:
             dataset, (h, w) = self.source.dataset, self.source.image_size

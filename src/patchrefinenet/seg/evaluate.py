@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from data_utils.arrays import check_same_shape, open_maps
+from data_utils.arrays import check_binary, check_probabilities, check_same_shape, open_maps
 from data_utils.datasets import seg_models_dir
 from data_utils.errors import InputError
 from data_utils.io import write_text_atomic
@@ -59,7 +59,9 @@ def score_base_predictions(pred_path: str | os.PathLike, gt_path: str | os.PathL
     bar = tqdm(range(0, n, CHUNK), desc="scoring", unit="chunk", disable=not progress)
     for start in bar:
         p, g = pred[start:start + CHUNK], gt[start:start + CHUNK]
-        meter.update(p, g)  # checks values, naming the dataset-wide image index
+        check_probabilities(p, str(pred_path), start=start)  # errors name the file and the image index
+        check_binary(g, str(gt_path), start=start)
+        meter.update(p, g)
         oracle_sum += oracle_image_iou(p, g) * p.shape[0]
     metrics = meter.compute()
     metrics["oracle_mean_iou"] = oracle_sum / n
