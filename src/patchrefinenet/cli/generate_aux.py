@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from patchrefinenet.cli.common import cli_entry, setup_logging
+from patchrefinenet.cli.common import cli_entry, setup_logging, str2bool
 from patchrefinenet.cli.seg_train import resolve_seg_script, seg_parser
 
 
@@ -27,12 +27,15 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
                         help="splits to predict (default: val test)")
     parser.add_argument("--batch_size", type=int, default=4, help="images per forward pass (default: 4)")
     parser.add_argument("--num_workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    parser.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False,
+                        help="torch.compile the model (opt-in, default False; the first batches compile)")
     args = parser.parse_args(argv)
     setup_logging()
     run = resolve_seg_script(args, script_file)
     from patchrefinenet.seg.generate import generate_aux_arrays  # torch: after parsing, --help stays instant
     written = generate_aux_arrays(run.spec, run.model, data_root=run.data_root, checkpoint=args.checkpoint_path,
                                   output_root=run.output_root, device=args.device, splits=args.splits,
-                                  batch_size=args.batch_size, num_workers=args.num_workers, progress=args.progress)
+                                  batch_size=args.batch_size, num_workers=args.num_workers, progress=args.progress,
+                                  compile=args.compile)
     print(json.dumps(written, indent=2))
     return written

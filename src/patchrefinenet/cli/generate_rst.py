@@ -37,7 +37,7 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> list[dict]:
         sizes += [resolve_grid(aux_model=a, image_size=run.spec.prn_size).patch_size for a in args.aux_model or []]
         sizes = sorted(set(sizes))
     summaries = generate_rst(run.spec, run.model, data_root=run.data_root, patch_sizes=sizes, splits=args.splits,
-                             progress=args.progress)
+                             progress=args.progress, device=args.device)
     for s in summaries:
         print(f"{s['split']:>4} p={s['patch_size']:<4d} {s['n_images']} images: mean patch IoU "
               f"{s['mean_patch_iou']:.6f}, RST mean IoU {s['mean_image_iou']:.6f} -> {s['out_path']}")

@@ -170,14 +170,15 @@ def load_base_model(spec: DatasetSpec, model_name: str, checkpoint_path: str | o
 def _write_split(model: nn.Module, dataset: SegmentationSplit, spec: DatasetSpec, out_dir: Path,
                  device: torch.device, batch_size: int, num_workers: int, progress: bool) -> dict:
     """Predict one split in CSV order and stream the maps into its two ``.npy`` files in ``out_dir``."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
     n, p = len(dataset), spec.prn_size
     pred_name, gt_name = ARRAY_NAMES[dataset.split]
     pred_path, gt_path = out_dir / pred_name, out_dir / gt_name
     with open_memmap_atomic(pred_path, (n, p, p, 1)) as pred_mm, open_memmap_atomic(gt_path, (n, p, p, 1)) as gt_mm:
         bar = tqdm(loader, desc=f"{dataset.split} predictions", unit="batch", disable=not progress)
         for images, masks, index in bar:
-            prob = model(images.to(device)).float().cpu().numpy()  # (B, 1, S, S)
+            prob = model(images.to(device, non_blocking=True)).float().cpu().numpy()  # (B, 1, S, S)
             for b, i in enumerate(index.tolist()):
                 pred_mm[i, ..., 0], gt_mm[i, ..., 0] = to_prn_resolution(prob[b, 0], masks[b, 0].numpy(), spec)
     log.info("%s: %d maps of %dx%d -> %s, %s", dataset.split, n, p, p, pred_path, gt_path)
@@ -188,7 +189,7 @@ def generate_aux_arrays(spec: DatasetSpec, model_name: str, *, data_root: str | 
                         checkpoint: str | os.PathLike | None = None,
                         output_root: str | os.PathLike | None = None, device: str | torch.device = "auto",
                         splits: Sequence[str] = ("val", "test"), batch_size: int = 4, num_workers: int = 0,
-                        progress: bool = True) -> dict[str, dict]:
+                        progress: bool = True, compile: bool = False) -> dict[str, dict]:
     """Write the base model's probabilities and the ground truth for PRN (S §5.1).
 
     For each split in ``splits``: val → ``val_pred.npy`` + ``val_orig_gt.npy``, test →
@@ -196,7 +197,7 @@ def generate_aux_arrays(spec: DatasetSpec, model_name: str, *, data_root: str | 
     each N×P×P×1 float32 in CSV row order (predictions in [0, 1], ground truth in {0, 1};
     DUTS: 256-px predictions replicated 2×2 to 512, S §5.1). ``checkpoint`` defaults to
     :func:`find_base_checkpoint` under ``output_root``. Returns per split the image count and
-    the two paths.
+    the two paths. ``compile``: run the model through ``torch.compile`` (opt-in).
     """
     bad = [s for s in splits if s not in ARRAY_NAMES]
     if bad or not splits:
@@ -211,6 +212,8 @@ def generate_aux_arrays(spec: DatasetSpec, model_name: str, *, data_root: str | 
                              f"{seg_models_dir(spec, data_root) / (dataset.split + '.csv')}")
     dev = resolve_device(device)
     model = load_base_model(spec, model_name, checkpoint, dev, output_root=output_root)
+    if compile:
+        model = torch.compile(model)
     out_dir = refine_arrays_dir(spec, data_root, model_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     return {d.split: _write_split(model, d, spec, out_dir, dev, batch_size, num_workers, progress) for d in datasets}
@@ -226,15 +229,18 @@ def default_patch_sizes(image_size: int) -> list[int]:
 
 def generate_rst(spec: DatasetSpec, model_name: str, *, data_root: str | os.PathLike,
                  patch_sizes: Sequence[int] | None = None, splits: Sequence[str] | None = None,
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, device: str | torch.device | None = None) -> list[dict]:
     """Make the RST pseudo-labels (R §11) from the arrays :func:`generate_aux_arrays` wrote.
 
     For each split and patch size P (default :func:`default_patch_sizes`; P = the image side is
     the whole-image IST of P0): labels N×H×W×1 uint8 {0,1} and the chosen threshold per patch
     (N, H/P, W/P) float32 (:func:`pseudo_label_paths`). ``splits`` None means val, plus test
     when its arrays exist. Returns one summary dict per (split, P) with ``mean_patch_iou`` and
-    ``mean_image_iou`` (the "RST mIoU" of the authors' Kvasir script).
+    ``mean_image_iou`` (the "RST mIoU" of the authors' Kvasir script). ``device`` (``auto``, ``cuda``,
+    ...) runs the search on a GPU when it resolves to one (identical labels); None or a CPU: numpy.
     """
+    dev = None if device is None else resolve_device(device)
+    search_device = str(dev) if dev is not None and dev.type != "cpu" else None
     folder = refine_arrays_dir(spec, data_root, model_name)
     if splits is None:
         test_there = all((folder / name).is_file() for name in ARRAY_NAMES["test"])
@@ -254,8 +260,8 @@ def generate_rst(spec: DatasetSpec, model_name: str, *, data_root: str | os.Path
         for size in sizes:
             patch = resolve_grid(patch_size=int(size), image_size=image_size).patch_size
             out_path, tmap_path = pseudo_label_paths(spec, data_root, model_name, split, patch)
-            summary = generate_pseudo_label_file(prob_path, gt_path, out_path, patch,
-                                                 threshold_map_path=tmap_path, progress=progress)
+            summary = generate_pseudo_label_file(prob_path, gt_path, out_path, patch, threshold_map_path=tmap_path,
+                                                 progress=progress, device=search_device)
             summary["split"] = split
             log.info("RST %s p=%d -> %s: mean patch IoU %.6f, RST mean IoU %.6f (%d images)", split, patch,
                      out_path.name, summary["mean_patch_iou"], summary["mean_image_iou"], summary["n_images"])
