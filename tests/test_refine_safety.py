@@ -182,3 +182,17 @@ def test_failed_predict_leaves_the_earlier_outputs_whole_and_logs_the_error(tmp_
     assert not [p for p in outputs.rglob(".*")]  # no staging folder left
     last = (out / "logs" / "p0" / "p0_predict_log.log").read_text().splitlines()[-1]
     assert "ERROR error:" in last and "image 2" in last
+
+
+@pytest.mark.parametrize("name", ["train", "predict"])
+def test_unknown_base_model_is_named_with_the_valid_ones(tmp_path, capsys, name):
+    from patchrefinenet.cli import refine_predict, refine_train
+
+    main = refine_train.main if name == "train" else refine_predict.main
+    script = str(Path(__file__).resolve().parents[1] / "src" / "deepglobe" / "refine-models" / f"{name}.py")
+    with pytest.raises(SystemExit) as exc:
+        main(script, ["--base_model", "banana", "--aux_model", "p64", "--checkpoint", "True",
+                      "--data_root", str(tmp_path), "--output_root", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "unknown base model 'banana'" in err and "dlinknet" in err
+    assert "missing" not in err

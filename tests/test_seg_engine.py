@@ -242,3 +242,21 @@ def test_bad_base_arrays_name_the_file_and_the_log_ends_with_the_error(tmp_path)
     assert str(folder / "test_input.npy") in str(info.value) and "divide by 255" in str(info.value)
     log_lines = (tmp_path / "out" / "logs" / "dlinknet" / "dlinknet_miou_log.log").read_text().splitlines()
     assert "ERROR error:" in log_lines[-1] and str(folder / "test_input.npy") in log_lines[-1]
+
+
+def test_pN_means_the_same_patch_in_generate_rst_and_prn_training(tmp_path):
+    """Maps not at the config's prn_size: p64 is an 8×8 grid of the maps' own side in both places."""
+    from patchrefinenet.models.prn import resolve_grid
+    from patchrefinenet.refine.data import pseudo_label_name
+    from patchrefinenet.seg.generate import refine_arrays_dir
+
+    spec = load_dataset_spec(dataset_spec_path("deepglobe"))  # prn_size 512
+    folder = refine_arrays_dir(spec, tmp_path, "dlinknet")
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.save(folder / "val_pred.npy", rng.random((2, 64, 64, 1), dtype=np.float32))
+    np.save(folder / "val_orig_gt.npy", (rng.random((2, 64, 64, 1)) > 0.5).astype(np.float32))
+    summaries = generate_rst(spec, "dlinknet", data_root=tmp_path, aux_models=["p64"], splits=["val"], progress=False)
+    assert [s["patch_size"] for s in summaries] == [8]
+    train_patch = resolve_grid("p64", image_size=64).patch_size  # what refine-models/train.py reads
+    assert (folder / pseudo_label_name(train_patch)).is_file()

@@ -28,16 +28,12 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     setup_logging()
     run = resolve_seg_script(args, script_file)
-    from patchrefinenet.models.prn import resolve_grid  # torch: after parsing, --help stays instant
-    from patchrefinenet.seg.generate import generate_rst
+    from patchrefinenet.seg.generate import generate_rst  # torch: after parsing, --help stays instant
 
-    sizes = None
-    if args.patch_size is not None or args.aux_model is not None:
-        sizes = list(args.patch_size or [])
-        sizes += [resolve_grid(aux_model=a, image_size=run.spec.prn_size).patch_size for a in args.aux_model or []]
-        sizes = sorted(set(sizes))
-    summaries = generate_rst(run.spec, run.model, data_root=run.data_root, patch_sizes=sizes, splits=args.splits,
-                             progress=args.progress, device=args.device)
+    # pN is resolved on the maps' own side, exactly as refine-models/train.py resolves it
+    summaries = generate_rst(run.spec, run.model, data_root=run.data_root, patch_sizes=args.patch_size,
+                             aux_models=args.aux_model or (), splits=args.splits, progress=args.progress,
+                             device=args.device)
     for s in summaries:
         print(f"{s['split']:>4} p={s['patch_size']:<4d} {s['n_images']} images: mean patch IoU "
               f"{s['mean_patch_iou']:.6f}, RST mean IoU {s['mean_image_iou']:.6f} -> {s['out_path']}")

@@ -83,6 +83,11 @@ def resolve_refine_script(args: argparse.Namespace, script_file: str) -> RefineS
     if args.aux_model is None and args.patch_size is None:
         raise InputError("give --aux_model (p0, p4, p16, p64, ...) or --patch_size (pixels)")
     base_model = args.base_model or spec.base_model
+    from patchrefinenet.models import BASE_MODELS  # imports torch: after parsing, so --help stays instant
+
+    if base_model not in BASE_MODELS:
+        raise InputError(f"unknown base model {base_model!r} (--base_model); valid names: "
+                         f"{', '.join(sorted(BASE_MODELS))}")
     data_root = Path(args.data_root if args.data_root is not None else repo_root() / "data").expanduser()
     output_root = Path(args.output_root if args.output_root is not None else ds_dir / "refine-models").expanduser()
     return RefineScript(spec, base_model, data_root / spec.name / "refine-models" / base_model, output_root)

@@ -229,13 +229,15 @@ def default_patch_sizes(image_size: int) -> list[int]:
 
 def generate_rst(spec: DatasetSpec, model_name: str, *, data_root: str | os.PathLike,
                  patch_sizes: Sequence[int] | None = None, splits: Sequence[str] | None = None,
-                 progress: bool = True, device: str | torch.device | None = None) -> list[dict]:
+                 progress: bool = True, device: str | torch.device | None = None,
+                 aux_models: Sequence[str] = ()) -> list[dict]:
     """Make the RST pseudo-labels (R §11) from the arrays :func:`generate_aux_arrays` wrote.
 
     For each split and patch size P (default :func:`default_patch_sizes`; P = the image side is
     the whole-image IST of P0): labels N×H×W×1 uint8 {0,1} and the chosen threshold per patch
     (N, H/P, W/P) float32 (:func:`pseudo_label_paths`). ``splits`` None means val, plus test
-    when its arrays exist. Returns one summary dict per (split, P) with ``mean_patch_iou`` and
+    when its arrays exist. ``aux_models`` (``p16``, ``p64``, ...) add the patch sizes of those grids
+    on the maps' own side (as PRN training reads them). Returns one summary dict per (split, P) with ``mean_patch_iou`` and
     ``mean_image_iou`` (the "RST mIoU" of the authors' Kvasir script). ``device`` (``auto``, ``cuda``,
     ...) runs the search on a GPU when it resolves to one (identical labels); None or a CPU: numpy.
     """
@@ -256,7 +258,9 @@ def generate_rst(spec: DatasetSpec, model_name: str, *, data_root: str | os.Path
             raise InputError(f"missing {', '.join(missing)}; make them with `python src/{spec.name}/seg-models/"
                              f"generate_aux_training_data.py --model {model_name}` (or run `python demo.py`)")
         image_size = int(open_maps(prob_path, "prob").shape[1])  # (N, H, W) view
-        sizes = default_patch_sizes(image_size) if patch_sizes is None else list(patch_sizes)
+        sizes = default_patch_sizes(image_size) if patch_sizes is None and not aux_models else list(patch_sizes or [])
+        sizes += [resolve_grid(aux_model=a, image_size=image_size).patch_size for a in aux_models]
+        sizes = sorted(set(sizes))
         for size in sizes:
             patch = resolve_grid(patch_size=int(size), image_size=image_size).patch_size
             out_path, tmap_path = pseudo_label_paths(spec, data_root, model_name, split, patch)
