@@ -101,7 +101,6 @@ def test_engine_training_makes_no_value_checks_in_the_step(monkeypatch, tmp_path
     gt = (rng.random((4, 32, 32, 1)) > 0.5).astype(np.float32)
     np.save(tmp_path / "val_pred.npy", rng.random(gt.shape).astype(np.float32))
     np.save(tmp_path / "val_orig_gt.npy", gt)
-    np.save(tmp_path / "train_aux_gt_p_16.npy", gt.astype(np.uint8))
     calls = {"n": 0}
     for name in ("isfinite", "aminmax"):
         original = getattr(torch, name)

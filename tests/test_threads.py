@@ -36,7 +36,7 @@ def test_configure_threads_sets_torch_and_logs(caplog, monkeypatch):
     previous = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
-        with caplog.at_level(logging.INFO, logger="patchrefinenet"):
+        with caplog.at_level(logging.DEBUG, logger="patchrefinenet"):
             assert configure_threads(2) == 2 and torch.get_num_threads() == 2
             n = configure_threads(0)
         assert 1 <= n <= physical_cores() and torch.get_num_threads() == n

@@ -245,7 +245,8 @@ def _own_load() -> float:
 
 
 def configure_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op thread count and log why; returns it. ``threads`` > 0 is used as given.
+    """Set torch's intra-op thread count and log why (INFO when a competing load lowered the
+    automatic choice, else DEBUG); returns it. ``threads`` > 0 is used as given.
 
     0 / None (auto): ``OMP_NUM_THREADS`` if set (the user's choice), else :func:`choose_threads`
     with :func:`physical_cores` and the 1-minute load average minus this process' own share. When
@@ -273,7 +274,9 @@ def configure_threads(threads: int | None = None) -> int:
         why = (f"automatic: {cores} physical core(s), 1-min load "
                + ("unknown" if load is None else f"{load:.2f} of which this process ~{min(own, load):.2f}"))
     torch.set_num_threads(n)
-    log.info("CPU threads: %d (%s)", n, why)
+    # INFO only when the automatic choice leaves cores idle (a competing load): the surprising case
+    level = logging.INFO if why.startswith("automatic") and n < cores else logging.DEBUG
+    log.log(level, "CPU threads: %d (%s)", n, why)
     return n
 
 
