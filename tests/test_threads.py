@@ -32,6 +32,13 @@ def test_choose_threads(requested, cores, load, own, expected):
     assert choose_threads(requested, cores, load, own) == expected
 
 
+def test_ranks_of_one_job_share_the_free_cores():
+    assert choose_threads(0, 16, 0.2, 0.0, processes=4) == 4
+    assert choose_threads(0, 16, 4.0, 0.0, processes=4) == 3  # 12 free cores
+    assert choose_threads(0, 2, 0.0, 0.0, processes=4) == 1
+    assert choose_threads(5, 16, 0.0, 0.0, processes=4) == 5
+
+
 def test_configure_threads_sets_torch_and_logs(caplog, monkeypatch):
     previous = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

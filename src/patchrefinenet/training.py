@@ -180,7 +180,8 @@ def autocast_context(device: torch.device, bf16: bool):
 
 # --------------------------------------------------------------------------- CPU threads
 
-def choose_threads(requested: int | None, cores: int, load_1min: float | None = None, own_load: float = 0.0) -> int:
+def choose_threads(requested: int | None, cores: int, load_1min: float | None = None, own_load: float = 0.0,
+                   processes: int = 1) -> int:
     """How many intra-op threads to use: ``requested`` if > 0, else ``cores`` minus the busy others.
 
     torch's thread pool waits at every operator for all its threads; when another process holds a
@@ -188,15 +189,16 @@ def choose_threads(requested: int | None, cores: int, load_1min: float | None = 
     load of 3–5: base-model training 0.5 → 6–7 s/batch). So the automatic choice leaves the cores
     that other processes keep busy: ``max(1, cores − round(load_1min − own_load))``, where
     ``own_load`` is this process's share of the load average (see :func:`configure_threads`).
-    ``load_1min`` None (unknown) means a quiet machine.
+    ``load_1min`` None (unknown) means a quiet machine. ``processes``: ranks of one job on this
+    machine (torchrun's ``LOCAL_WORLD_SIZE``), which share the free cores.
     """
     if requested is not None and requested > 0:
         return int(requested)
-    cores = max(1, int(cores))
-    if load_1min is None:
-        return cores
-    others = max(0.0, float(load_1min) - max(0.0, float(own_load)))
-    return max(1, cores - math.floor(others + 0.5))
+    free = max(1, int(cores))
+    if load_1min is not None:
+        others = max(0.0, float(load_1min) - max(0.0, float(own_load)))
+        free = max(1, free - math.floor(others + 0.5))
+    return max(1, free // max(1, int(processes)))
 
 
 def physical_cores() -> int:
@@ -270,9 +272,11 @@ def configure_threads(threads: int | None = None) -> int:
         if load is not None and machine > cores:
             load *= cores / machine
         own = _own_load()
-        n = choose_threads(None, cores, load, own)
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # torchrun: ranks on this machine
+        n = choose_threads(None, cores, load, own, ranks)
         why = (f"automatic: {cores} physical core(s), 1-min load "
-               + ("unknown" if load is None else f"{load:.2f} of which this process ~{min(own, load):.2f}"))
+               + ("unknown" if load is None else f"{load:.2f} of which this process ~{min(own, load):.2f}")
+               + (f", {ranks} ranks share them" if ranks > 1 else ""))
     torch.set_num_threads(n)
     # INFO only when the automatic choice leaves cores idle (a competing load): the surprising case
     level = logging.INFO if why.startswith("automatic") and n < cores else logging.DEBUG
