@@ -50,7 +50,7 @@ def compile_calls(monkeypatch):
 
 def test_engines_compile_only_when_asked(tmp_path, compile_calls):
     rng = np.random.default_rng(0)
-    for split, (inputs, gt) in (("val", ("val_pred.npy", "val_orig_gt.npy")), ("test", ("test_input.npy", "test_orig_gt.npy"))):
+    for inputs, gt in (("val_pred.npy", "val_orig_gt.npy"), ("test_input.npy", "test_orig_gt.npy")):
         mask = (rng.random((2, 32, 32, 1)) > 0.5).astype(np.float32)
         np.save(tmp_path / inputs, rng.random(mask.shape).astype(np.float32))
         np.save(tmp_path / gt, mask)
