@@ -148,3 +148,56 @@ def test_cuda_training_step_is_sync_free(bf16):
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert torch.isfinite(parts["loss"]).item()
+
+
+BASE_CASES = [("resunetplusplus", {"filters": [4, 8, 16, 32, 64]}, "dice_bce"), ("pfanet", {}, "edge_saliency"),
+              ("dlinknet", {}, "dice_bce")]
+
+
+def _base_step(name, kwargs, loss_name, device):
+    """One base-model training step as the engine's objective runs it: (step closure, optimizer)."""
+    from patchrefinenet.models import build_base_model
+    from patchrefinenet.seg_losses import build_seg_loss
+
+    torch.manual_seed(0)
+    model = build_base_model(name, **kwargs).to(device).train()
+    loss_fn = build_seg_loss(loss_name)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(2, 3, 64, 64, generator=g).to(device)
+    mask = (torch.rand(2, 1, 64, 64, generator=g) > 0.5).float().to(device)
+
+    def forward_backward():
+        prob, aux = model.forward_with_aux(image)
+        loss = loss_fn(prob, mask) + aux
+        loss.backward()
+        return loss
+
+    return forward_backward, optimizer
+
+
+@pytest.mark.parametrize("name,kwargs,loss_name", BASE_CASES[:2])
+def test_base_model_training_step_reads_no_values(monkeypatch, name, kwargs, loss_name):
+    forward_backward, optimizer = _base_step(name, kwargs, loss_name, "cpu")
+    reads = _ValueReads(monkeypatch)
+    forward_backward()
+    monkeypatch.undo()
+    assert reads.checks == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name,kwargs,loss_name", BASE_CASES)
+def test_cuda_base_model_training_step_is_sync_free(name, kwargs, loss_name):
+    forward_backward, optimizer = _base_step(name, kwargs, loss_name, torch.device("cuda"))
+    forward_backward()  # warm-up: lazy library initialisation may sync
+    optimizer.step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            optimizer.zero_grad(set_to_none=True)
+            loss = forward_backward()
+            optimizer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item()
