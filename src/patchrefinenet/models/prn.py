@@ -20,7 +20,9 @@ from torch import nn
 
 from data_utils.errors import InputError
 from patchrefinenet.checkpoint import LoadedCheckpoint, clean_state_dict, load_checkpoint, load_weights_strict
-from patchrefinenet.models.prn_blocks import Decoder, Encoder, PatchBatchNorm2d, batch_statistics, set_batch_statistics
+from patchrefinenet.models.prn_blocks import (
+    Decoder, Encoder, PatchBatchNorm2d, ResidualBlock, batch_statistics, set_batch_statistics,
+)
 
 __all__ = [
     "AUTHORS_P4_RENAMES",
@@ -56,6 +58,10 @@ class PRNConfig:
         at zero, so an untrained PRN returns the base map and learns only corrections. Thresholding
         p at τ is the same as adding −logit(τ) to logit(p) and cutting at 0, so a per-region
         threshold is exactly an additive logit offset. Not in the paper; same state_dict keys.
+    step_bn: the BatchNorm of each recurrent block keeps running statistics per application (it
+        is applied 3 times per forward to differently scaled inputs, and one running average of
+        the three makes eval mode unreliable; see ``PatchBatchNorm2d.enable_step_statistics``).
+        Adds ``step_mean``/``step_var`` buffers to those BNs; False keeps the authors' keys exactly.
     """
 
     grid: int
@@ -64,6 +70,7 @@ class PRNConfig:
     global_head_kernel: int | None = None
     in_channels: int = 1
     residual: bool = False
+    step_bn: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InputError:
@@ -75,7 +82,7 @@ class PRNConfig:
             raise bad("width", "must be an even int >= 2 (the attention gates use width/2 channels; the paper uses 32)")
         if not isinstance(self.in_channels, int) or isinstance(self.in_channels, bool) or self.in_channels < 1:
             raise bad("in_channels", "must be an int >= 1")
-        for flag in ("row7_quirk", "residual"):
+        for flag in ("row7_quirk", "residual", "step_bn"):
             if not isinstance(getattr(self, flag), bool):
                 raise bad(flag, "must be True or False")
         if self.row7_quirk and self.grid != _QUIRK_GRID:
@@ -226,6 +233,10 @@ class PRN(nn.Module):
                 rows = torch.arange(g)
                 rows[_QUIRK_ROW] = _QUIRK_SOURCE_ROW
             self.register_buffer("_x1_rows", rows, persistent=False)
+        if config.step_bn:  # per-application running statistics in the recurrent blocks
+            for m in self.modules():
+                if isinstance(m, ResidualBlock):
+                    m.conv[1].enable_step_statistics(3)
         if config.residual:  # start as the identity on the base map: corrections are learned from zero
             for head in (self.out_global, getattr(self, "out_local", None)):
                 if head is not None:
@@ -248,6 +259,13 @@ class PRN(nn.Module):
         conv, sigmoid = head
         z = conv(features)
         return sigmoid(z if base_logit is None else z + base_logit)
+
+    def reset_step_statistics(self) -> "PRN":
+        """Copy each recurrent BN's running statistics into its per-application rows (``step_bn``); returns self."""
+        for m in self.modules():
+            if isinstance(m, PatchBatchNorm2d):
+                m.reset_step_statistics()
+        return self
 
     def set_batch_statistics(self, enabled: bool = True) -> "PRN":
         """Switch batch-statistics BatchNorm on/off (see the class docstring); returns self."""

@@ -40,8 +40,49 @@ class PatchBatchNorm2d(nn.BatchNorm2d):
         self.groups = groups
         self.batch_statistics = False
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.steps = 1  # > 1: separate running statistics per application (enable_step_statistics)
+        self.step = 0  # which application the next call is; the caller sets it
+
+    def enable_step_statistics(self, steps: int) -> None:
+        """Keep running statistics per application as well: ``step_mean``/``step_var`` (steps, C).
+
+        A block that applies this BN several times per forward (the recurrent ``ResidualBlock``, 3
+        times) feeds it three differently scaled inputs; one running average mixes them, so eval
+        mode normalises each application with the wrong statistics (docs/authors-refine.md §R4).
+        With step statistics, training updates row ``step`` with each call's batch statistics
+        (per-patch statistics averaged when the batch-statistics mode is on), and eval mode
+        normalises application ``step`` with row ``step``. The plain running stats are kept as
+        well, so the authors' keys stay; the two new buffers are saved in our checkpoints.
+        """
+        self.steps = int(steps)
+        self.register_buffer("step_mean", self.running_mean.detach().clone().repeat(self.steps, 1))
+        self.register_buffer("step_var", self.running_var.detach().clone().repeat(self.steps, 1))
+
+    @torch.no_grad()
+    def reset_step_statistics(self) -> None:
+        """Set every row of the step statistics to the plain running statistics."""
+        if self.steps > 1:
+            self.step_mean.copy_(self.running_mean.expand_as(self.step_mean))
+            self.step_var.copy_(self.running_var.expand_as(self.step_var))
+
+    @torch.no_grad()
+    def _update_step(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        m = 0.1 if self.momentum is None else float(self.momentum)
+        k = min(self.step, self.steps - 1)
+        self.step_mean[k].lerp_(mean.to(self.step_mean.dtype), m)
+        self.step_var[k].lerp_(var.to(self.step_var.dtype), m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.steps > 1:
+            if not self.training and not self.batch_statistics:
+                k = min(self.step, self.steps - 1)
+                return F.batch_norm(x, self.step_mean[k], self.step_var[k], self.weight, self.bias, False, 0.0,
+                                    self.eps)
+            if self.training and not (self.batch_statistics and self.groups > 1):
+                with torch.no_grad():
+                    xs = x if x.dtype in (torch.float32, torch.float64) else x.float()
+                    var, mean = torch.var_mean(xs, dim=(0, 2, 3), correction=1)
+                self._update_step(mean, var)
         if not self.batch_statistics or (self.training and self.groups == 1):
             return super().forward(x)
         n, c, h, w = x.shape
@@ -58,6 +99,8 @@ class PatchBatchNorm2d(nn.BatchNorm2d):
                 xs = xg if xg.dtype in (torch.float32, torch.float64) else xg.float()  # half/bf16 -> fp32
                 var, mean = torch.var_mean(xs, dim=(0, 2, 3), correction=1)  # (P·C,) each
             self._pending.append((mean.view(p, c), var.view(p, c)))
+            if self.steps > 1:
+                self._update_step(mean.view(p, c).mean(0), var.view(p, c).mean(0))
         y = y.view(n, c, h, w)
         if c > 1 and x.is_contiguous(memory_format=torch.channels_last):
             y = y.contiguous(memory_format=torch.channels_last)
@@ -124,8 +167,12 @@ class ResidualBlock(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), PatchBatchNorm2d(ch), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.conv[1]
+        bn.step = 0
         h = self.conv(x)
+        bn.step = 1
         h = self.conv(x + h)
+        bn.step = 2
         return self.conv(x + h)
 
 

@@ -73,6 +73,7 @@ class RefineTrainConfig:
     width: int = 32
     row7_quirk: bool = False
     residual: bool = False
+    step_bn: bool = True
     epochs: int = 300
     lr: float = 8e-4
     batch_size: int = 1
@@ -176,7 +177,7 @@ class _Run:
             self.inputs = self.gt = self.pseudo = None
             self.out = RefineOutputs(Path(cfg.output_root), self.choice.aux_name)
             self.prn_config = PRNConfig(grid=self.choice.grid, width=cfg.width, row7_quirk=cfg.row7_quirk,
-                                        residual=cfg.residual)
+                                        residual=cfg.residual, step_bn=cfg.step_bn)
             self.config_record = self._config_record(len(source.dataset), h, w)
             return
         data = Path(cfg.data_dir)
@@ -190,7 +191,7 @@ class _Run:
         self.pseudo = data / pseudo_label_name(self.choice.patch_size)
         self.out = RefineOutputs(Path(cfg.output_root), self.choice.aux_name)
         self.prn_config = PRNConfig(grid=self.choice.grid, width=cfg.width, row7_quirk=cfg.row7_quirk,
-                                    residual=cfg.residual)
+                                    residual=cfg.residual, step_bn=cfg.step_bn)
         self.config_record = self._config_record(n, h, w)
 
     # ------------------------------------------------------------------ setup
@@ -231,7 +232,11 @@ class _Run:
         if self.cfg.init_checkpoint:
             loaded, ck = load_prn(self.cfg.init_checkpoint, "cpu", expected_grid=self.choice.grid,
                                   requested_grid=self.choice.grid)
-            load_weights_strict(model, loaded.state_dict(), f"--checkpoint {self.cfg.init_checkpoint}")
+            weights = loaded.state_dict()
+            if model.config.step_bn and not loaded.config.step_bn:  # e.g. the authors' files: start from running stats
+                model.reset_step_statistics()
+                weights = {**{k: v for k, v in model.state_dict().items() if ".step_" in k}, **weights}
+            load_weights_strict(model, weights, f"--checkpoint {self.cfg.init_checkpoint}")
             log.info("initialised from %s (%s checkpoint)", self.cfg.init_checkpoint, ck.source)
         model.set_batch_statistics(self.cfg.patch_bn_stats)
         model.to(self.device)
@@ -255,6 +260,8 @@ class _Run:
                  for k in _RUN_KEYS if saved_train.get(k) != getattr(self.cfg, k)]
         if saved_model.get("grid") != self.prn_config.grid:
             diffs.insert(0, f"grid: saved {saved_model.get('grid')!r}, now {self.prn_config.grid}")
+        if saved_model.get("step_bn", False) != self.prn_config.step_bn:  # files before step_bn had none
+            diffs.append(f"step_bn: saved {saved_model.get('step_bn', False)!r}, now {self.prn_config.step_bn!r}")
         diffs += self._data_changes((ck.config or {}).get("dataset") or {})
         if diffs:
             raise InputError(f"--resume: {self.out.last} was written with other settings or data ({'; '.join(diffs)}); "
