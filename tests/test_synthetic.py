@@ -322,3 +322,16 @@ def test_biased_maps_reject_bad_input():
         biased_probability_maps(gt, smoothness=0.0)
     with pytest.raises(InputError, match="gt"):
         biased_probability_maps(np.zeros((2, 3, 4, 5)))
+
+
+def test_deployment_shift_keeps_the_mask_changes_the_image_and_is_deterministic():
+    from data_utils.synthetic.shift import apply_shift
+
+    plain = render_scene("roads", seed=0, index=1, size=64)
+    a = render_scene("roads", seed=0, index=1, size=64, shift="haze")
+    b = render_scene("roads", seed=0, index=1, size=64, shift="haze")
+    assert np.array_equal(a.mask, plain.mask) and np.array_equal(a.image, b.image)
+    assert np.abs(a.image.astype(int) - plain.image.astype(int)).mean() > 5
+    assert "shift_veil_mean" in a.conditions
+    with pytest.raises(InputError, match="shift"):
+        apply_shift(plain.image, np.random.default_rng(0), "rain")

@@ -37,6 +37,7 @@ from data_utils.synthetic.fields import Scene
 from data_utils.synthetic.polyps import render_polyps
 from data_utils.synthetic.roads import render_roads
 from data_utils.synthetic.saliency import render_saliency
+from data_utils.synthetic.shift import apply_shift
 
 logger = logging.getLogger("patchrefinenet")
 
@@ -88,14 +89,22 @@ def sample_layout(kind: str, ident: str, split: str) -> DemoSample:
                       f"{ident}.jpg", f"{ident}.png")
 
 
-def render_scene(kind: str, *, seed: int, index: int, size: int) -> Scene:
-    """Generate sample ``index`` of a kind: a pure function of (kind, seed, index, size)."""
+def render_scene(kind: str, *, seed: int, index: int, size: int, shift: str | None = None) -> Scene:
+    """Generate sample ``index`` of a kind: a pure function of (kind, seed, index, size, shift).
+
+    ``shift`` (e.g. ``"haze"``, :mod:`data_utils.synthetic.shift`) renders the deployment version
+    of the scene: same content, degraded by a shift the training scenes do not contain."""
     _check_kind(kind)
     for name, value, low in (("seed", seed, 0), ("index", index, 0), ("size", size, 32)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise InputError(f"render_scene: {name} must be an integer >= {low}, got {value!r}")
     rng = np.random.default_rng([int(seed), int(index), _KIND_CODE[kind]])
-    return RENDERERS[kind](rng, int(size))
+    scene = RENDERERS[kind](rng, int(size))
+    if shift is None:
+        return scene
+    image, conditions = apply_shift(scene.image, np.random.default_rng([int(seed), int(index), _KIND_CODE[kind], 7]),
+                                    shift)
+    return Scene(image, scene.mask, {**scene.conditions, **conditions})
 
 
 def read_manifest(root: str | os.PathLike, kind: str) -> dict | None:
@@ -117,9 +126,12 @@ def is_complete(root: str | os.PathLike, kind: str) -> bool:
     return all((base / rel).is_file() for rel in manifest.get("files", []))
 
 
-def _params(kind: str, size: int, seed: int, counts: dict[str, int]) -> dict:
-    return {"generator": "data_utils.synthetic", "version": GENERATOR_VERSION, "kind": kind,
-            "dataset": DATASETS[kind], "size": size, "seed": seed, "counts": counts}
+def _params(kind: str, size: int, seed: int, counts: dict[str, int], shift: str | None = None) -> dict:
+    params = {"generator": "data_utils.synthetic", "version": GENERATOR_VERSION, "kind": kind,
+              "dataset": DATASETS[kind], "size": size, "seed": seed, "counts": counts}
+    if shift is not None:  # only then: manifests written before shifts existed stay valid
+        params["shift"] = shift
+    return params
 
 
 def _check_args(n_train: int, n_val: int, n_test: int, size: int, seed: int) -> None:
@@ -147,11 +159,12 @@ def _csv(rows: list[DemoSample]) -> str:
 
 
 def write_demo_dataset(root: str | os.PathLike, kind: str = "roads", *, n_train: int = 200, n_val: int = 50,
-                       n_test: int = 50, size: int = 256, seed: int = 0, progress: bool = True) -> dict:
+                       n_test: int = 50, size: int = 256, seed: int = 0, shift: str | None = None,
+                       progress: bool = True) -> dict:
     """Generate a demo dataset of ``kind`` ("roads", "polyps" or "saliency") under ``root``.
 
     Images are ``size × size`` RGB JPEGs (quality 95), masks 0/255 (PNG; JPEG for polyps, as
-    Kvasir). A complete dataset written with the same arguments and generator version is left
+    Kvasir). ``shift`` renders every scene in its deployment version (:func:`render_scene`). A complete dataset written with the same arguments and generator version is left
     as it is; otherwise everything is regenerated and files listed by an older manifest that the
     new dataset does not use are removed. A folder that holds files but no demo manifest (real
     data) is never touched: :class:`InputError`.
@@ -162,7 +175,7 @@ def write_demo_dataset(root: str | os.PathLike, kind: str = "roads", *, n_train:
     kind = _check_kind(kind)
     _check_args(n_train, n_val, n_test, size, seed)
     counts = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
-    params = _params(kind, int(size), int(seed), counts)
+    params = _params(kind, int(size), int(seed), counts, shift)
     base = dataset_dir(root, kind)
     old = read_manifest(root, kind)
     if old is not None and is_complete(root, kind) and all(old.get(key) == value for key, value in params.items()):
@@ -196,7 +209,7 @@ def write_demo_dataset(root: str | os.PathLike, kind: str = "roads", *, n_train:
     t0 = time.perf_counter()
     samples = []
     for index, entry in enumerate(tqdm(layout, desc=f"demo {kind}", unit="img", disable=not progress)):
-        scene = render_scene(kind, seed=seed, index=index, size=size)
+        scene = render_scene(kind, seed=seed, index=index, size=size, shift=shift)
         _write_image(base / entry.image, cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
         _write_image(base / entry.mask, scene.mask * np.uint8(255))
         samples.append({"id": entry.id, "split": entry.split, "image": entry.image, "mask": entry.mask,
