@@ -63,8 +63,8 @@ def test_spatial_features_are_column_then_row_over_sigma():
 def test_batched_lattice_keeps_images_separate():
     img = _two_colour_image(batch=2)
     img[1] = 255.0 - img[1]
-    feats = bilateral_features(img, 5.0, 15.0)
-    values = torch.rand(2, 32 * 32, 2)
+    feats = bilateral_features(img, 5.0, 15.0).double()  # float64: the sums' order may differ by batch
+    values = torch.rand(2, 32 * 32, 2, dtype=torch.float64)
     both = PermutohedralLattice(feats).filter(values)
     for b in range(2):
         alone = PermutohedralLattice(feats[b:b + 1]).filter(values[b:b + 1])
@@ -72,8 +72,8 @@ def test_batched_lattice_keeps_images_separate():
 
 
 def test_overflow_fallback_gives_the_same_lattice(monkeypatch):
-    feats = bilateral_features(_two_colour_image(size=20), 3.0, 10.0)
-    values = torch.rand(1, 400, 2)
+    feats = bilateral_features(_two_colour_image(size=20), 3.0, 10.0).double()
+    values = torch.rand(1, 400, 2, dtype=torch.float64)  # float64: equal up to rounding on any CPU
     packed = PermutohedralLattice(feats)
     monkeypatch.setattr(lattice_mod, "_MAX_SPAN", 16)  # force the row-deduplication path
     rows = PermutohedralLattice(feats)

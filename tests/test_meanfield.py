@@ -55,7 +55,9 @@ def test_batch_helper_matches_single_calls_and_accepts_nhwc():
     out = densecrf_refine_batch(images, probs, progress=False)
     assert out.shape == (2, 20, 20) and out.dtype == np.float32
     for i in range(2):
-        np.testing.assert_allclose(out[i], densecrf_refine(images[i], probs[i, ..., 0]), rtol=1e-6, atol=1e-7)
+        # 1e-6 on probabilities: batch and single calls may take the lattice's sparse or index path,
+        # whose float32 sums differ in the last bits (1.8e-7 seen); mixing images would differ by far more
+        np.testing.assert_allclose(out[i], densecrf_refine(images[i], probs[i, ..., 0]), rtol=0, atol=1e-6)
 
 
 def test_mean_field_is_differentiable_in_the_probabilities():

@@ -102,39 +102,40 @@ def test_channels_last_gives_the_same_outputs(stats):
 
 
 def test_batch_statistics_equals_per_patch_batchnorm_in_loop():
-    """Eval mode + batch statistics == the authors' inference: train-mode BN, one call per patch."""
-    model = make(4).eval()
+    """Eval mode + batch statistics == the authors' inference: train-mode BN, one call per patch.
+    float64: per-patch statistics over tiny groups amplify float32 rounding, which differs by CPU."""
+    model = make(4).double().eval()
     reference = copy.deepcopy(model).train()  # plain train-mode BN: per-call (= per-patch) statistics
-    x = torch.rand(2, 1, 32, 32)
+    x = torch.rand(2, 1, 32, 32, dtype=torch.float64)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad(), batch_statistics(model):
         g, l = model(x)
     with torch.no_grad():
         g_ref, l_ref = loop_forward(reference, x)
         g_eval, l_eval = model(x)  # switch restored: running stats again
-    torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=0)
-    torch.testing.assert_close(l, l_ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(g, g_ref, atol=1e-9, rtol=0)
+    torch.testing.assert_close(l, l_ref, atol=1e-9, rtol=0)
     assert (l - l_eval).abs().max() > 1e-3  # the mode matters
     for k, v in model.state_dict().items():  # eval + batch statistics never touches running stats
         assert torch.equal(v, before[k]), k
 
 
 def test_batch_statistics_in_train_mode_replicates_per_patch_training():
-    """Train mode + switch: same outputs as the loop and the same G² sequential running-stat updates."""
-    model = make(2).train()
+    """Train mode + switch: same outputs as the loop and the same G² sequential running-stat updates (float64)."""
+    model = make(2).double().train()
     reference = copy.deepcopy(model)
-    x = torch.rand(2, 1, 32, 48)
+    x = torch.rand(2, 1, 32, 48, dtype=torch.float64)
     model.set_batch_statistics(True)
     with torch.no_grad():
         g, l = model(x)
         g_ref, l_ref = loop_forward(reference, x)
-    torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=0)
-    torch.testing.assert_close(l, l_ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(g, g_ref, atol=1e-9, rtol=0)
+    torch.testing.assert_close(l, l_ref, atol=1e-9, rtol=0)
     ours, ref = model.state_dict(), reference.state_dict()
     assert ours["decode1_local.Up.up.2.num_batches_tracked"] == 4  # one update per patch
     assert ours["decode1_local.Up_Conv.RCNN.0.conv.1.num_batches_tracked"] == 12  # 3 applications × 4 patches
     for k in ours:
-        torch.testing.assert_close(ours[k], ref[k], atol=1e-5, rtol=1e-5, msg=k)
+        torch.testing.assert_close(ours[k], ref[k], atol=1e-9, rtol=1e-9, msg=k)
 
 
 def test_batch_statistics_gradients_equal_the_per_patch_loop():
@@ -175,25 +176,25 @@ def test_row7_quirk_changes_only_patch_row_6():
 
 
 def test_batch_of_two_equals_two_singles():
-    model = make(4).eval()
-    x = torch.rand(2, 1, 40, 56)
+    model = make(4).double().eval()  # float64: conv kernels may be chosen per batch size
+    x = torch.rand(2, 1, 40, 56, dtype=torch.float64)
     with torch.no_grad():
         g, l = model(x)
         for i in range(2):
             gi, li = model(x[i:i + 1])
-            torch.testing.assert_close(g[i:i + 1], gi, atol=1e-6, rtol=0)
-            torch.testing.assert_close(l[i:i + 1], li, atol=1e-6, rtol=0)
+            torch.testing.assert_close(g[i:i + 1], gi, atol=1e-12, rtol=0)
+            torch.testing.assert_close(l[i:i + 1], li, atol=1e-12, rtol=0)
 
 
 def test_padding_is_bottom_right_edge_replication():
-    model = make(2).eval()
-    x = torch.rand(1, 1, 27, 30)
+    model = make(2).double().eval()  # float64: equal up to rounding on any CPU
+    x = torch.rand(1, 1, 27, 30, dtype=torch.float64)
     padded = F.pad(x, (0, 2, 0, 5), mode="replicate")  # 27×30 -> 32×32 (multiple of 16)
     with torch.no_grad():
         g, l = model(x)
         gp, lp = model(padded)
-    torch.testing.assert_close(g, gp[:, :, :27, :30], atol=1e-6, rtol=0)
-    torch.testing.assert_close(l, lp[:, :, :27, :30], atol=1e-6, rtol=0)
+    torch.testing.assert_close(g, gp[:, :, :27, :30], atol=1e-12, rtol=0)
+    torch.testing.assert_close(l, lp[:, :, :27, :30], atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

@@ -111,7 +111,9 @@ def test_arrays_pseudo_labels_and_base_score(trained):
         image, mask, _ = load_sample(spec, sample)
         with torch.no_grad():
             expected = model(torch.from_numpy(image)[None])[0, 0].numpy()
-        np.testing.assert_allclose(val_pred[i, ..., 0], expected, atol=1e-6)
+        # 1e-5: the arrays come from batches of 2, this call from 1 (float32 conv kernels may differ per
+        # batch size); a wrong image, order or flip differs by far more
+        np.testing.assert_allclose(val_pred[i, ..., 0], expected, rtol=0, atol=1e-5)
         np.testing.assert_array_equal(val_gt[i, ..., 0], mask)
 
     summaries = generate_rst(spec, MODEL, data_root=data_root, progress=False)
