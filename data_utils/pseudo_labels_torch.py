@@ -27,7 +27,7 @@ from data_utils.errors import InputError
 from data_utils.pseudo_labels import (DEFAULT_THRESHOLDS, PseudoLabels, _check_patch_size, _prepare_thresholds,
                                       patch_grid_shape)
 
-__all__ = ["patch_pseudo_labels_torch", "search_maps"]
+__all__ = ["patch_pseudo_labels_torch", "search_chunk", "search_maps"]
 
 _LAYOUTS = "H×W, N×H×W or N×H×W×1"
 

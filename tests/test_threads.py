@@ -39,20 +39,34 @@ def test_ranks_of_one_job_share_the_free_cores():
     assert choose_threads(5, 16, 0.0, 0.0, processes=4) == 5
 
 
-def test_configure_threads_sets_torch_and_logs(caplog, monkeypatch):
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_configure_threads_sets_torch_and_logs(monkeypatch):
     previous = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    logger = logging.getLogger("patchrefinenet")  # the commands' logger does not propagate: listen on it
+    records, level = _Records(), logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.DEBUG)
     try:
-        with caplog.at_level(logging.DEBUG, logger="patchrefinenet"):
-            assert configure_threads(2) == 2 and torch.get_num_threads() == 2
-            n = configure_threads(0)
+        assert configure_threads(2) == 2 and torch.get_num_threads() == 2
+        n = configure_threads(0)
         assert 1 <= n <= physical_cores() and torch.get_num_threads() == n
-        assert "CPU threads: 2 (--threads)" in caplog.text and "automatic" in caplog.text
+        assert records.messages[0] == "CPU threads: 2 (--threads)" and "automatic" in records.messages[1]
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         assert configure_threads(None) == 1  # the user's environment wins over the automatic choice
         with pytest.raises(InputError, match="--threads"):
             configure_threads(-1)
     finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
         torch.set_num_threads(previous)
 
 
