@@ -16,9 +16,10 @@ from patchrefinenet.refine import RefinePredictConfig, RefineTrainConfig, predic
 def test_compiled_prn_training_step_equals_eager():
     """float64, so the comparison is not drowned by float32 rounding (PRN's gradients at this tiny
     size are ill-conditioned: float32 and float64 eager differ by percents). ``aot_eager`` runs
-    dynamo's capture and AOT autograd without generating C++ (inductor needs ~1 min on 2 cores)."""
+    dynamo's capture and AOT autograd without generating C++ (inductor needs ~1 min on 2 cores).
+    step_bn=True, the engine's default: per-application BN statistics are state dynamo must keep."""
     torch.manual_seed(0)
-    eager = PRN(PRNConfig(grid=2, width=4), check_values=False).set_batch_statistics(True).double()
+    eager = PRN(PRNConfig(grid=2, width=4, step_bn=True), check_values=False).set_batch_statistics(True).double()
     twin = copy.deepcopy(eager)
     compiled = torch.compile(twin, backend="aot_eager")
     x = torch.rand(2, 1, 32, 32, dtype=torch.float64)

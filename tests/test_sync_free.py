@@ -51,10 +51,10 @@ class _ValueReads:
             monkeypatch.setattr(torch.Tensor, name, refuse)
 
 
-@pytest.mark.parametrize("grid", [0, 2])
-def test_training_step_reads_no_values_when_checks_are_off(monkeypatch, grid):
+@pytest.mark.parametrize("grid,step_bn", [(0, False), (2, False), (2, True)])
+def test_training_step_reads_no_values_when_checks_are_off(monkeypatch, grid, step_bn):
     torch.manual_seed(0)
-    model = PRN(PRNConfig(grid=grid, width=4), check_values=False).set_batch_statistics(True)
+    model = PRN(PRNConfig(grid=grid, width=4, step_bn=step_bn), check_values=False).set_batch_statistics(True)
     loss_fn = PRNLoss(check_values=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch = _batch()
@@ -121,12 +121,12 @@ def test_engine_training_makes_no_value_checks_in_the_step(monkeypatch, tmp_path
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("bf16", [False, True])
-def test_cuda_training_step_is_sync_free(bf16):
+@pytest.mark.parametrize("bf16,step_bn", [(False, False), (True, False), (False, True)])
+def test_cuda_training_step_is_sync_free(bf16, step_bn):
     """PRN P64 + PRNLoss + Adam on CUDA with the defaults: any host-device sync raises."""
     device = torch.device("cuda")
     torch.manual_seed(0)
-    model = PRN(PRNConfig(grid=8, width=4)).set_batch_statistics(True).to(device)
+    model = PRN(PRNConfig(grid=8, width=4, step_bn=step_bn)).set_batch_statistics(True).to(device)
     loss_fn = PRNLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, pseudo, gt = _batch(b=2, size=64, device=device)
