@@ -459,7 +459,7 @@ class _Run:
         kept = " and ".join(str(p) for p in (self.out.weights, self.out.last) if p.is_file())
         return InputError(f"the training loss became non-finite in epoch {epoch + 1} (lr {self.cfg.lr:g}): the "
                           f"weights diverged; stopped, keeping {kept or 'no checkpoint (none was saved yet)'}; "
-                          f"start again with a smaller --lr (and --overwrite True)")
+                          f"start again with a smaller --lr{' and --overwrite True' if kept else ''}")
 
     # ------------------------------------------------------------------ files
 
