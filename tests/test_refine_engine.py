@@ -56,8 +56,9 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def _cfg(data_dir: Path, out: Path, **kw) -> RefineTrainConfig:
+    """The authors' engine behaviour (no held-out selection) unless a test asks for it."""
     base = dict(data_dir=str(data_dir), output_root=str(out), aux_model="p16", width=4, epochs=2, device="cpu",
-                progress=False)
+                progress=False, select=0.0)
     return RefineTrainConfig(**{**base, **kw})
 
 
@@ -251,3 +252,21 @@ def test_missing_arrays_give_a_clean_error(tmp_path, capsys, ds, name, model, mi
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("error: ") and "Traceback" not in err
     assert missing in err and f"src/{ds}/seg-models/generate_aux_training_data.py --model {model}" in err
+
+
+def test_held_out_selection_stores_the_rule_and_scores_in_the_best_checkpoint(data_dir, tmp_path):
+    """With --select, the plateau rule follows the held-out score, and the chosen rule (or the guard's
+    fallback to the base map) is written into <aux>_weights.th, where predict and Refiner.load find it."""
+    from patchrefinenet import Refiner
+
+    res = train_prn(_cfg(data_dir, tmp_path / "out", select=0.25))
+    selection = res["selection"]
+    history = [json.loads(line) for line in
+               (tmp_path / "out" / "logs" / "p16" / "p16_train_history.jsonl").read_text().splitlines()]
+    assert all("select" in h for h in history)
+    assert res["best_loss"] == -max(h["select"] for h in history)
+    _, ck = load_prn(res["checkpoint"])
+    assert ck.config["refiner"]["rule"] == selection.rule.name
+    n = np.load(data_dir / "val_pred.npy", mmap_mode="r").shape[0]
+    assert ck.config["refiner"]["selection"]["n_maps"] == max(1, round(0.25 * n))
+    assert Refiner.load(res["checkpoint"]).rule == selection.rule

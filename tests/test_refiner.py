@@ -149,7 +149,7 @@ def test_load_bare_authors_p64_state_dict(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
-    (dict(patch_size=16, select=1.5), "select=1.5"),
+    (dict(patch_size=16, select=1.5), "select"),
     (dict(patch_size=16, epoch=3), "unknown option"),
     (dict(), "patch_size"),
     (dict(patch_size=16, aux_model="p64"), "give one of them"),

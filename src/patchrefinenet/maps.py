@@ -18,13 +18,16 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from data_utils.arrays import as_maps, to_numpy
 from data_utils.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("patchrefinenet")
 
@@ -288,4 +291,24 @@ def check_same_size(probs: MapSource, masks: MapSource, i: int) -> None:
                          "a map and its mask must have the same size")
 
 
-__all__ = ["FolderMaps", "MapSource", "aligned_masks", "as_source", "check_same_size", "mask_from", "probabilities_from"]
+def batches(source: MapSource, indices: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Consecutive runs of ``indices`` whose maps have equal sizes, at most ``batch_size`` long."""
+    run: list[int] = []
+    for i in indices:
+        if run and (len(run) == batch_size or source.size(i) != source.size(run[0])):
+            yield run
+            run = []
+        run.append(i)
+    if run:
+        yield run
+
+
+def stack(source: MapSource, run: list[int]) -> "torch.Tensor":
+    """Maps ``run`` of ``source`` (equal sizes) as one (B, 1, H, W) float32 tensor."""
+    import torch
+
+    return torch.from_numpy(np.stack([source[i] for i in run]))[:, None]
+
+
+__all__ = ["FolderMaps", "MapSource", "aligned_masks", "as_source", "batches", "check_same_size", "mask_from",
+           "probabilities_from", "stack"]

@@ -30,23 +30,25 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from data_utils.errors import InputError
 from data_utils.pseudo_labels import patch_pseudo_labels
 from patchrefinenet.checkpoint import save_checkpoint
-from patchrefinenet.maps import MapSource, aligned_masks, as_source, check_same_size
+from patchrefinenet.maps import aligned_masks, as_source, batches, check_same_size, stack
 from patchrefinenet.metrics import CalibrationMeter, SegmentationMeter
 from patchrefinenet.models.prn import PRN, GridChoice, load_prn
-from patchrefinenet.refine.data import apply_augmentation, draw_augmentation
-from patchrefinenet.selection import Rule, RuleScores, Selection, ThresholdSweep, apply_rule, choose_rule
+from patchrefinenet.refine.heldout import cell_size, selection_sources
+from patchrefinenet.selection import Rule, Selection, apply_rule
 from patchrefinenet.training import autocast_context, resolve_device
 
 log = logging.getLogger("patchrefinenet")
 
-# Settings of RefineTrainConfig that Refiner.fit sets itself (the rest are keyword arguments).
-OWN_FIELDS = {"data_dir", "output_root", "aux_model", "patch_size", "dataset", "base_model", "progress"}
+# Settings of RefineTrainConfig that Refiner.fit sets itself (the rest are keyword arguments);
+# the selection settings are named arguments of fit.
+SELECTION_FIELDS = ("select", "select_metric", "margin", "force_prn")
+OWN_FIELDS = {"data_dir", "output_root", "aux_model", "patch_size", "dataset", "base_model", "progress",
+              *SELECTION_FIELDS}
 
 
 # --------------------------------------------------------------------------- geometry
@@ -76,65 +78,6 @@ def grid_for(patch_size: int | None, aux_model: str | None, sizes: list[tuple[in
     g = grids[0]
     what = "one patch per map (global decoder only)" if g == 0 else f"{g}×{g} grid of ~{math.ceil(side / g)}-px patches"
     return GridChoice(g, side if g == 0 else math.ceil(side / g), g * g, f"p{g * g}", f"p{g * g}: {what} on {side}-px maps")
-
-
-def cell_size(h: int, w: int, grid: int) -> int:
-    """Side of the pseudo-label patches that line up with a grid-``grid`` PRN's cells on an h×w map
-    (the model pads to multiples of 8·G, so a cell is padded_h / G pixels); the map side for G = 0."""
-    if grid == 0:
-        return max(h, w)
-    m = 8 * grid
-    return math.ceil(h / m) * m // grid
-
-
-# --------------------------------------------------------------------------- training data
-
-
-class PairDataset(Dataset):
-    """Training items ``{"input", "pseudo", "gt", "index"}`` ((1, H, W) float32) from paired sources.
-
-    Pseudo-labels are computed per map when it is read (the authors' patch-wise optimal threshold,
-    patches aligned with the PRN's cells), so nothing is precomputed, cached or stale. The
-    augmentation is the engine's (seeded per epoch and map, docs/authors-refine.md §R8).
-    """
-
-    def __init__(self, probs: MapSource, masks: MapSource, indices: list[int], grid: int, *,
-                 augment: bool, seed: int) -> None:
-        self.probs, self.masks, self.indices, self.grid = probs, masks, list(indices), grid
-        self.augment, self.seed, self.epoch = augment, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> dict:
-        i = self.indices[k]
-        check_same_size(self.probs, self.masks, i)
-        prob, gt = self.probs[i], self.masks[i]
-        pseudo = patch_pseudo_labels(prob, gt, cell_size(*prob.shape, self.grid)).labels.astype(np.float32)
-        maps = [prob, pseudo, gt]
-        if self.augment:
-            maps = apply_augmentation(maps, draw_augmentation(self.seed, self.epoch, k))
-        return {"input": torch.from_numpy(maps[0])[None], "pseudo": torch.from_numpy(maps[1])[None],
-                "gt": torch.from_numpy(maps[2])[None], "index": k}
-
-
-def _batches(source: MapSource, indices: list[int], batch_size: int) -> Iterator[list[int]]:
-    """Consecutive runs of ``indices`` of equal map size, at most ``batch_size`` long."""
-    run: list[int] = []
-    for i in indices:
-        if run and (len(run) == batch_size or source.size(i) != source.size(run[0])):
-            yield run
-            run = []
-        run.append(i)
-    if run:
-        yield run
-
-
-def _stack(source: MapSource, run: list[int]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([source[i] for i in run]))[:, None]  # (B, 1, H, W)
 
 
 # --------------------------------------------------------------------------- results
@@ -218,56 +161,42 @@ class Refiner:
         unknown = sorted(set(train) - set(valid))
         if unknown:
             raise InputError(f"Refiner.fit: unknown option(s) {unknown}; training options are {valid}")
-        seed = int(train.get("seed", 0))
         probs = as_source(probs, "probs")
         masks = aligned_masks(probs, as_source(masks, "masks"))
-        fit_idx, sel_probs, sel_masks, sel_idx = _split(probs, masks, select, seed)
-        sizes = [probs.size(i) for i in fit_idx]
+        explicit = isinstance(select, tuple)
+        if explicit:
+            if len(select) != 2:
+                raise InputError("select: an explicit selection set is a (probs, masks) pair")
+            sel_probs, sel_masks = selection_sources(*select)
+        elif select is not None and (isinstance(select, bool) or not isinstance(select, (int, float))):
+            raise InputError(f"select={select!r}: give the held-out share in (0, 1) (e.g. 0.2), a (probs, masks) "
+                             "selection set, or None")
+        sizes = [probs.size(i) for i in range(len(probs))]
         choice = grid_for(patch_size, aux_model, sizes)
         if train.get("batch_size", 1) > 1 and len(set(sizes)) > 1:
             raise InputError("Refiner.fit: the maps have different sizes, so batch_size must be 1 "
                              "(or resize the maps to one size)")
-        log.info("Refiner.fit: %s; %d maps to fit, %d held out for selection", choice.description, len(fit_idx),
-                 len(sel_idx))
         tmp = None
         if work_dir is None:
             tmp = tempfile.TemporaryDirectory(prefix="prn-fit-")
             work_dir = tmp.name
         try:
             cfg = RefineTrainConfig(data_dir="", output_root=str(work_dir), aux_model=choice.aux_name,
-                                    progress=progress, **train)
-            dataset = PairDataset(probs, masks, fit_idx, choice.grid, augment=cfg.augment, seed=cfg.seed)
-            h, w = (int(np.median([s[0] for s in sizes])), int(np.median([s[1] for s in sizes])))
-            source = TrainSource(dataset, choice, (h, w), f"{len(fit_idx)} maps of {probs.description}")
-            device = resolve_device(cfg.device)
-            selector = None
-            if sel_idx:
-                def selector(model: PRN) -> tuple[float, dict]:
-                    scores = _score_rules(model, sel_probs, sel_masks, sel_idx, device, select_metric,
-                                          cfg.bf16, progress=False)
-                    rule, score = scores.best_prn()
-                    return score, {"best": rule.name}
-            result = train_prn(cfg, source=source, selector=selector)
-            model, _ = load_prn(result["checkpoint"], "cpu")
+                                    progress=progress, select=0.0 if explicit or not select else float(select),
+                                    select_metric=select_metric, margin=margin, force_prn=force_prn, **train)
+            size = (int(np.median([s[0] for s in sizes])), int(np.median([s[1] for s in sizes])))
+            source = TrainSource(probs, masks, choice, size, f"{len(probs)} maps of {probs.description}",
+                                 *((sel_probs, sel_masks) if explicit else ()))
+            log.info("Refiner.fit: %s", choice.description)
+            result = train_prn(cfg, source=source)
+            refiner = cls.load(result["checkpoint"], device=cfg.device, bf16=cfg.bf16)
         finally:
             if tmp is not None:
                 tmp.cleanup()
-        if not sel_idx:
-            rule = Rule("authors") if choice.grid > 0 else Rule("global")
+        if refiner.selection is None:
             log.warning("Refiner.fit without held-out maps (select=%r): using %s, unchecked against the base map",
-                        select, rule.name)
-            return cls(model, rule, device=device, bf16=cfg.bf16, train_config=cfg.to_dict())
-        scores = _score_rules(model.to(device), sel_probs, sel_masks, sel_idx, device, select_metric, cfg.bf16,
-                              progress=progress)
-        fit_base = ThresholdSweep()  # the fallback threshold uses every labelled map: the base never saw them
-        for run in _batches(probs, fit_idx, 8):
-            fit_base.update(_stack(probs, run), _stack(masks, run))
-        fit_base.merge(scores.sweeps["base"])
-        selection = choose_rule(scores, margin=margin, force_prn=force_prn,
-                                fallback_threshold=fit_base.best(select_metric)[0], n_maps=len(sel_idx))
-        (log.warning if selection.fell_back else log.info)("Refiner.fit: %s", selection.message())
-        return cls(model, selection.rule, selection=selection, device=device, bf16=cfg.bf16,
-                   train_config=cfg.to_dict())
+                        select, refiner.rule.name)
+        return refiner
 
     # ------------------------------------------------------------------ save / load
 
@@ -329,8 +258,8 @@ class Refiner:
         source = as_source(probs, "probs")
         bar = tqdm(total=len(source), desc="refine", unit="map", disable=not progress)
         try:
-            for run in _batches(source, list(range(len(source))), batch_size):
-                x = _stack(source, run)
+            for run in batches(source, list(range(len(source))), batch_size):
+                x = stack(source, run)
                 g, loc = self._forward(x.to(self.device, non_blocking=True))
                 prob, mask = apply_rule(self.rule, x, None if g is None else g.cpu(), None if loc is None else loc.cpu())
                 prob, mask = prob[:, 0].numpy(), mask[:, 0].numpy().astype(np.uint8)
@@ -391,46 +320,4 @@ class Refiner:
         return result
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _split(probs: MapSource, masks: MapSource, select: Any, seed: int):
-    """(fit indices, selection probs, selection masks, selection indices)."""
-    n = len(probs)
-    if select is None or (isinstance(select, (int, float)) and not isinstance(select, bool) and select == 0):
-        return list(range(n)), None, None, []
-    if isinstance(select, tuple) and len(select) == 2:
-        sp = as_source(select[0], "probs", "select probs")
-        sm = aligned_masks(sp, as_source(select[1], "masks", "select masks"))
-        return list(range(n)), sp, sm, list(range(len(sp)))
-    if isinstance(select, bool) or not isinstance(select, (int, float)) or not 0 < select < 1:
-        raise InputError(f"select={select!r}: give the held-out share in (0, 1) (e.g. 0.2), a (probs, masks) "
-                         "selection set, or None")
-    k = max(1, round(select * n))
-    if n - k < 1:
-        raise InputError(f"select={select}: {n} map(s) cannot be split into a fit and a selection part; "
-                         "give more maps or an explicit selection set")
-    order = np.random.default_rng(seed).permutation(n)
-    sel = sorted(int(i) for i in order[:k])
-    fit = sorted(int(i) for i in order[k:])
-    return fit, probs, masks, sel
-
-
-def _score_rules(model: PRN, probs: MapSource, masks: MapSource, indices: list[int], device: torch.device,
-                 metric: str, bf16: bool, progress: bool) -> RuleScores:
-    """Every candidate rule's score on the maps ``indices`` (model in eval mode, running statistics)."""
-    scores = RuleScores(model.config.grid > 0, metric)
-    model.eval()
-    for run in tqdm(list(_batches(probs, indices, 4)), desc="selection", unit="batch", disable=not progress,
-                    leave=False):
-        for i in run:
-            check_same_size(probs, masks, i)
-        x = _stack(probs, run).to(device)
-        gt = _stack(masks, run).to(device)
-        with torch.inference_mode(), autocast_context(device, bf16 and device.type == "cuda"):
-            g, loc = model(x)
-        scores.update(x, g.float(), None if loc is None else loc.float(), gt)
-    return scores
-
-
-__all__ = ["PairDataset", "RefineResult", "RefinedMap", "Refiner", "cell_size", "grid_for"]
+__all__ = ["RefineResult", "RefinedMap", "Refiner", "grid_for"]

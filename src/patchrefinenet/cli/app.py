@@ -65,7 +65,7 @@ def _bool(parser: argparse.ArgumentParser, name: str, help_text: str, default: b
 
 def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     from patchrefinenet.refine.train import RefineTrainConfig
-    from patchrefinenet.refiner import OWN_FIELDS
+    from patchrefinenet.refiner import OWN_FIELDS, SELECTION_FIELDS
 
     parser = argparse.ArgumentParser(
         prog="patchrefinenet", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -86,21 +86,12 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     fit.add_argument("--out", required=True, help="the model file to write (e.g. prn.pt)")
     fit.add_argument("--patch_size", type=int, default=None, help="patch side in pixels (e.g. 64)")
     fit.add_argument("--aux_model", default=None, help="or the grid as pN, N patches: p0, p4, p16, p64, ...")
-    fit.add_argument("--select", type=float, default=0.2,
-                     help="share of the maps held out to select the epoch and the rule; 0 = none, the authors' "
-                          "behaviour (default: 0.2)")
     fit.add_argument("--select_probs", default=None, help="an explicit selection folder of maps (with --select_masks)")
     fit.add_argument("--select_masks", default=None, help="masks of --select_probs")
-    fit.add_argument("--metric", choices=("pooled_iou", "dice"), default="pooled_iou",
-                     help="selection metric (default: pooled_iou)")
-    fit.add_argument("--margin", type=float, default=0.005,
-                     help="gain over the base map's best global threshold that PRN must show on the held-out maps, "
-                          "else the base map is returned (default: 0.005 = half a point)")
-    _bool(fit, "--force_prn", "use the best PRN rule even when it loses to the base map")
     fit.add_argument("--work_dir", default=None,
                      help="where training checkpoints and logs go (needed for --resume; default: a temporary folder)")
-    train_names = add_field_options(fit, RefineTrainConfig, exclude=OWN_FIELDS | {"init_checkpoint"},
-                                    title="training options (the authors' defaults)")
+    train_names = add_field_options(fit, RefineTrainConfig, exclude=(OWN_FIELDS - set(SELECTION_FIELDS)) | {"init_checkpoint"},
+                                    title="selection and training options (training: the authors' defaults)")
 
     refine = command("refine", "refine a folder of probability maps (no masks needed)")
     refine.add_argument("--model", required=True, help="a model from `fit`, a PRN checkpoint or the authors' weights")
@@ -195,10 +186,11 @@ def _fit(args: argparse.Namespace, train_names: list[str]) -> dict:
         raise InputError(f"--out {out} exists; pass --overwrite True or another path")
     if (args.select_probs is None) != (args.select_masks is None):
         raise InputError("--select_probs and --select_masks go together; give both or neither")
-    select: Any = (args.select_probs, args.select_masks) if args.select_probs else (args.select or None)
+    options = field_values(args, train_names)
+    if args.select_probs:
+        options["select"] = (args.select_probs, args.select_masks)
     refiner = Refiner.fit(args.probs, args.masks, patch_size=args.patch_size, aux_model=args.aux_model,
-                          select=select, select_metric=args.metric, margin=args.margin, force_prn=args.force_prn,
-                          work_dir=args.work_dir, progress=args.progress, **field_values(args, train_names))
+                          work_dir=args.work_dir, progress=args.progress, **options)
     refiner.save(out, overwrite=args.overwrite)
     summary = {"model": str(out), "rule": refiner.rule.name}
     if refiner.selection is not None:

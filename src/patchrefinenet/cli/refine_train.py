@@ -148,6 +148,20 @@ def _parser(script_file: str) -> argparse.ArgumentParser:
     parser.add_argument("--patch_bn_stats", type=str2bool, default=True,
                         help="per-patch BatchNorm statistics in the local decoder during training, as the "
                              "authors (default: True)")
+    parser.add_argument("--step_bn", type=str2bool, default=True,
+                        help="the recurrent blocks' BatchNorm keeps running statistics per application, so eval "
+                             "mode is reliable (default: True; not in the paper)")
+    parser.add_argument("--select", type=float, default=0.2,
+                        help="share of val maps held out to choose the epoch and the output rule, with a fallback to "
+                             "the base map's best global threshold if PRN does not beat it (docs/refiner.md); "
+                             "0 = the authors' behaviour (default: 0.2)")
+    parser.add_argument("--select_metric", choices=("pooled_iou", "dice"), default="pooled_iou",
+                        help="held-out selection metric (default: pooled_iou)")
+    parser.add_argument("--margin", type=float, default=0.005,
+                        help="gain over the base map's best global threshold PRN must show on the held-out maps "
+                             "(default: 0.005 = half a point)")
+    parser.add_argument("--force_prn", type=str2bool, nargs="?", const=True, default=False,
+                        help="keep the best PRN rule even if it loses to the base map (default: False)")
     parser.add_argument("--max_batches_per_epoch", type=int, default=None, help="cap on batches per epoch (smoke tests)")
     parser.add_argument("--progress", type=str2bool, default=True, help="show progress bars (default: True)")
     return parser
@@ -173,6 +187,8 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
     cfg = RefineTrainConfig(
         data_dir=str(run.data_dir), output_root=str(run.output_root), aux_model=args.aux_model,
         patch_size=args.patch_size, width=args.width, row7_quirk=args.row7_quirk, residual=args.residual,
+        step_bn=args.step_bn, select=args.select, select_metric=args.select_metric, margin=args.margin,
+        force_prn=args.force_prn,
         epochs=args.epochs, lr=args.lr,
         batch_size=run.spec.refine.batch_size if args.batch_size is None else args.batch_size,
         shuffle=run.spec.refine.shuffle if args.shuffle is None else args.shuffle, augment=args.augment,
@@ -183,5 +199,8 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
         progress=args.progress)
     result = train_prn(cfg, dataset_spec=run.spec.to_dict())
     if rank == 0:
-        print(json.dumps({k: v for k, v in result.items() if k not in ("history", "model")}, indent=2))
+        summary = {k: v for k, v in result.items() if k not in ("history", "model", "selection")}
+        if result.get("selection") is not None:
+            summary["selection"] = result["selection"].message()
+        print(json.dumps(summary, indent=2))
     return result

@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -39,6 +39,10 @@ from data_utils.pseudo_labels import generate_pseudo_label_file, pseudo_label_st
 from patchrefinenet.checkpoint import load_checkpoint, load_weights_strict, save_checkpoint
 from patchrefinenet.losses import PRNLoss
 from patchrefinenet.models.prn import PRN, GridChoice, PRNConfig, load_prn, resolve_grid
+from data_utils.arrays import open_maps
+from patchrefinenet.maps import MapSource, as_source
+from patchrefinenet.refine.heldout import EpochSubset, PairDataset, final_selection, make_selector, split_for_selection
+from patchrefinenet.selection import METRICS, Selection
 from patchrefinenet.refine.data import (
     TRAIN_GT, TRAIN_INPUTS, NpyMaps, RefineDataset, RefineOutputs, generator_hint, pseudo_label_name, require_arrays,
 )
@@ -51,7 +55,7 @@ from patchrefinenet.training import (
 log = logging.getLogger("patchrefinenet")
 
 # Settings that define the optimisation trajectory: a resumed run must use the saved values.
-_RUN_KEYS = ("width", "row7_quirk", "residual", "lr", "batch_size", "shuffle", "decay_after", "stop_after", "lr_factor",
+_RUN_KEYS = ("width", "row7_quirk", "residual", "select", "select_metric", "lr", "batch_size", "shuffle", "decay_after", "stop_after", "lr_factor",
              "min_lr", "augment", "patch_bn_stats", "upstream_order", "seed", "max_batches_per_epoch")
 
 
@@ -74,6 +78,10 @@ class RefineTrainConfig:
     row7_quirk: bool = False
     residual: bool = False
     step_bn: bool = True
+    select: float = 0.2
+    select_metric: str = "pooled_iou"
+    margin: float = 0.005
+    force_prn: bool = False
     epochs: int = 300
     lr: float = 8e-4
     batch_size: int = 1
@@ -116,6 +124,12 @@ class RefineTrainConfig:
         if self.resume and self.init_checkpoint:
             raise InputError("--resume continues <aux>_last.th; it cannot be combined with --checkpoint True "
                              "(initialising from other weights)")
+        if not 0 <= self.select < 1:
+            raise InputError(f"--select {self.select}: the held-out share must be in [0, 1) (0 = none, the authors')")
+        if self.select_metric not in METRICS:
+            raise InputError(f"--select_metric {self.select_metric!r}: choose one of {', '.join(METRICS)}")
+        if not (math.isfinite(self.margin) and self.margin >= 0):
+            raise InputError(f"--margin {self.margin}: must be a finite number >= 0 (0.005 = half a point)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,17 +142,20 @@ _DEFAULTS = {f.name: f.default for f in fields(RefineTrainConfig) if f.default i
 @dataclass
 class TrainSource:
     """In-memory training data for the engine, instead of the ``val_pred.npy`` files (used by
-    :meth:`patchrefinenet.refiner.Refiner.fit`): a dataset of items like :class:`RefineDataset`'s
-    (with ``pseudo``), its grid and a description for the logs and checkpoints."""
+    :meth:`patchrefinenet.refiner.Refiner.fit`): paired probability maps and masks (any sizes; the
+    pseudo-labels are computed per map), the grid, a typical map size and a description for the
+    logs; optionally an explicit selection set, used instead of holding out ``cfg.select``."""
 
-    dataset: Any
+    probs: MapSource
+    masks: MapSource
     choice: GridChoice
     image_size: tuple[int, int]
     description: str
+    select_probs: MapSource | None = None
+    select_masks: MapSource | None = None
 
 
-def train_prn(cfg: RefineTrainConfig, dataset_spec: dict | None = None, *, source: TrainSource | None = None,
-              selector: Callable[[PRN], tuple[float, dict]] | None = None) -> dict:
+def train_prn(cfg: RefineTrainConfig, dataset_spec: dict | None = None, *, source: TrainSource | None = None) -> dict:
     """Train a PRN as configured; returns ``best_loss``, ``epochs_run``, ``checkpoint`` (path of the
     best weights), ``last``, ``history`` (per-epoch dicts), ``stopped`` (reason or None), ``aux``,
     ``grid``, ``log_file``, ``history_file`` and ``model`` (the PRN with the weights of the last
@@ -147,16 +164,18 @@ def train_prn(cfg: RefineTrainConfig, dataset_spec: dict | None = None, *, sourc
     Under ``torchrun`` every rank calls this; rank 0 writes files. ``dataset_spec`` (plain dict,
     e.g. ``DatasetSpec.to_dict()``) is stored in the checkpoints' config for provenance.
 
-    ``source`` replaces the files of ``cfg.data_dir`` by in-memory data. ``selector(model)``, if
-    given, scores the model (eval mode) on held-out maps after every epoch and returns
-    ``(score, details)``, higher is better; the plateau rule then follows ``-score`` instead of
-    the training loss, so the saved best weights are the best on the held-out maps.
+    ``source`` replaces the files of ``cfg.data_dir`` by in-memory data. With ``cfg.select`` > 0
+    (or a selection set in ``source``) a share of the maps is held out (docs/refiner.md): after
+    every epoch the model is scored there and the plateau rule follows that score instead of the
+    training loss, so the saved best weights are the best on held-out maps; at the end the output
+    rule is chosen there (with the do-no-harm guard) and stored in the best checkpoint
+    (``config["refiner"]``); ``result["selection"]`` is the :class:`Selection`.
     """
     device = resolve_device(cfg.device)
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = init_distributed(device)
     try:
-        return _Run(cfg, info, dataset_spec, source, selector).run()
+        return _Run(cfg, info, dataset_spec, source).run()
     finally:
         if owns_group and info.distributed:
             cleanup_distributed()
@@ -166,9 +185,9 @@ class _Run:
     """One training run; split into steps so each reads on its own."""
 
     def __init__(self, cfg: RefineTrainConfig, info: DistInfo, dataset_spec: dict | None,
-                 source: TrainSource | None = None, selector: Callable | None = None) -> None:
+                 source: TrainSource | None = None) -> None:
         self.cfg, self.info, self.device = cfg, info, info.device
-        self.dataset_spec, self.source, self.selector = dataset_spec, source, selector
+        self.dataset_spec, self.source, self.selector = dataset_spec, source, None
         self.cuda = self.device.type == "cuda"
         self.bf16 = cfg.bf16 and self.cuda
         self.channels_last = cfg.channels_last and self.cuda
@@ -178,7 +197,7 @@ class _Run:
             self.out = RefineOutputs(Path(cfg.output_root), self.choice.aux_name)
             self.prn_config = PRNConfig(grid=self.choice.grid, width=cfg.width, row7_quirk=cfg.row7_quirk,
                                         residual=cfg.residual, step_bn=cfg.step_bn)
-            self.config_record = self._config_record(len(source.dataset), h, w)
+            self.config_record = self._config_record(len(source.probs), h, w)
             return
         data = Path(cfg.data_dir)
         self.inputs, self.gt = data / TRAIN_INPUTS, data / TRAIN_GT
@@ -303,11 +322,7 @@ class _Run:
             for path in remove_stale_temporaries(*folders):
                 log.info("removed %s (left by a run that was killed)", path)
         self._ensure_pseudo_labels()
-        if self.source is not None:
-            dataset, (h, w) = self.source.dataset, self.source.image_size
-        else:
-            dataset = RefineDataset(self.inputs, self.gt, self.pseudo, augment=cfg.augment, seed=cfg.seed)
-            h, w = dataset.image_size
+        dataset, (h, w) = self._datasets()
         n = len(dataset)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         log_file = self.out.train_log(stamp) if info.is_main else None
@@ -320,9 +335,56 @@ class _Run:
             if (cfg.bf16 or cfg.channels_last) and not self.cuda:
                 log.warning("--bf16/--channels_last apply on CUDA only; ignored on %s", self.device)
             log.info("config: %s", json.dumps(self.config_record["train"], sort_keys=True))
+            if self.held_out is not None:
+                log.info("held-out selection: %d maps to fit, %d to select the epoch and the output rule "
+                         "(docs/refiner.md)", n, len(self.held_out[2]))
             result = self._loop(dataset)
+            if self.held_out is not None:
+                result["selection"] = self._select(result["model"])
             result["log_file"] = None if log_file is None else str(log_file)
             return result
+
+    def _datasets(self) -> tuple[Any, tuple[int, int]]:
+        """The training dataset (the fit part) and the map size; sets ``held_out`` and ``selector``."""
+        cfg, src = self.cfg, self.source
+        if src is not None:
+            probs, masks, size = src.probs, src.masks, src.image_size
+        else:
+            probs = as_source(open_maps(self.inputs, "PRN inputs"), "probs", str(self.inputs))
+            masks = as_source(open_maps(self.gt, "ground truth"), "masks", str(self.gt))
+            size = probs.size(0)
+        everything = list(range(len(probs)))
+        self.fit_part = (probs, masks, everything)
+        self.held_out = None
+        if src is not None and src.select_probs is not None:
+            self.held_out = (src.select_probs, src.select_masks, list(range(len(src.select_probs))))
+        elif cfg.select > 0:
+            fit_idx, sel_idx = split_for_selection(len(probs), cfg.select, cfg.seed)
+            self.fit_part, self.held_out = (probs, masks, fit_idx), (probs, masks, sel_idx)
+        if self.held_out is not None:
+            self.selector = make_selector(*self.held_out, self.device, cfg.select_metric, self.bf16)
+        fit_idx = self.fit_part[2]
+        if src is not None:
+            return PairDataset(probs, masks, fit_idx, self.choice.grid, augment=cfg.augment, seed=cfg.seed), size
+        full = RefineDataset(self.inputs, self.gt, self.pseudo, augment=cfg.augment, seed=cfg.seed)
+        return (full if len(fit_idx) == len(full) else EpochSubset(full, fit_idx)), size
+
+    def _select(self, model: PRN) -> Selection:
+        """Choose the output rule with the best weights and store it in the best checkpoint."""
+        ck = load_checkpoint(self.out.weights, map_location=self.device)
+        load_weights_strict(model, ck.state_dict, f"best weights {self.out.weights}")
+        model.set_batch_statistics(False).eval()
+        cfg = self.cfg
+        selection = final_selection(model, self.held_out, self.fit_part, self.device, metric=cfg.select_metric,
+                                    margin=cfg.margin, force_prn=cfg.force_prn, bf16=self.bf16)
+        (log.warning if selection.fell_back else log.info)("selection: %s", selection.message())
+        if self.info.is_main:
+            config = {**(ck.config or self.config_record),
+                      "refiner": {"rule": selection.rule.name, "batch_stats": False,
+                                  "selection": selection.to_dict()}}
+            save_checkpoint(self.out.weights, ck.state_dict, config, ck.meta)
+        barrier()
+        return selection
 
     def _loop(self, dataset: RefineDataset) -> dict:
         cfg, info, device = self.cfg, self.info, self.device
