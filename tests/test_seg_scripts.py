@@ -75,8 +75,13 @@ def test_the_four_scripts_chain_on_a_tiny_dataset(tmp_path):
         "--model_width", "4", "--epochs", "1", "--no-pretrained", "--checkpoint", "False",
         "--max_batches_per_epoch", "1"])
     resumed = seg_train.main(str(SEG / "train.py"), common + ["--resume", "--epochs", "2"])
+    weights = tmp_path / "out" / "checkpoints" / "resunetplusplus" / "resunetplusplus_weights.th"
+    before = weights.read_bytes()
+    with pytest.raises(SystemExit):  # a new run never replaces an earlier run's weights unless asked
+        seg_train.main(str(SEG / "train.py"), common + ["--epochs", "1", "--max_batches_per_epoch", "1"])
+    assert weights.read_bytes() == before
     restarted = seg_train.main(str(SEG / "train.py"), common + [  # authors' --checkpoint: widths from the file
-        "--checkpoint", "True", "--epochs", "1", "--max_batches_per_epoch", "1"])
+        "--checkpoint", "True", "--epochs", "1", "--max_batches_per_epoch", "1", "--overwrite", "True"])
     written = generate_aux.main(str(SEG / "generate_aux_training_data.py"), common + ["--batch_size", "2"])
     summaries = generate_rst.main(str(SEG / "generate_rst.py"), common + ["--aux_model", "p64"])
     metrics = calculate_base_iou.main(str(SEG / "calculate_base_iou.py"), common)

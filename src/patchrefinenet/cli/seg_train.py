@@ -96,6 +96,8 @@ def _parser(script_file: str) -> argparse.ArgumentParser:
                         help="torch.compile the model (opt-in, default False; the first batches compile)")
     parser.add_argument("--resume", type=str2bool, nargs="?", const=True, default=False,
                         help="continue an interrupted run from checkpoints/<model>/<model>_last.th")
+    parser.add_argument("--overwrite", type=str2bool, nargs="?", const=True, default=False,
+                        help="replace the weights of an earlier run under checkpoints/<model>/ (default False: refuse)")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, shuffling and augmentation (default: 0)")
     parser.add_argument("--epochs", type=int, default=None, help="max epochs (default: the recipe's)")
     parser.add_argument("--batch_size", type=int, default=None, help="batch size (default: the recipe's)")
@@ -165,7 +167,7 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
     result = train_base_model(
         run.spec, run.model, data_root=run.data_root, output_root=run.output_root, seed=args.seed,
         device=args.device, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        pretrained=args.pretrained, resume=args.resume,
+        pretrained=args.pretrained, resume=args.resume, overwrite=args.overwrite,
         init_weights=(args.checkpoint_path or True) if args.checkpoint else None,
         max_batches_per_epoch=args.max_batches_per_epoch, num_workers=args.num_workers,
         model_kwargs=width_kwargs(run.model, args.model_width), supervision=supervision, progress=args.progress,

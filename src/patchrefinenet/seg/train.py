@@ -417,6 +417,7 @@ def train_base_model(
     supervision: str | Supervision | None = None,
     progress: bool = True,
     compile: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``model_name`` on ``spec``'s train split, validating on its val split (S §3).
 
@@ -431,7 +432,8 @@ def train_base_model(
     ``supervision`` (``"full"``, ``"scribbles"`` or a :class:`Supervision`; None = full masks, or
     on resume the run's own) selects the objective (:func:`build_objective`); scribbles need
     ``generate_scribbles.py`` to have run on the train split. ``compile`` runs the model's forward
-    through ``torch.compile`` (opt-in; the first batches of each input shape compile).
+    through ``torch.compile`` (opt-in; the first batches of each input shape compile). A new run
+    (no ``resume``) refuses to replace the weights of an earlier one unless ``overwrite``.
 
     Returns ``{"best_epoch", "best_value", "monitor", "epochs_run", "stopped", "checkpoint",
     "last", "history", "log_file"}``; ``stopped`` is ``max_epochs``, ``no_improvement`` or
@@ -447,6 +449,10 @@ def train_base_model(
     if lr is not None and not (lr > 0 and math.isfinite(lr)):
         raise InputError(f"--lr must be a positive number, got {lr!r}")
     paths = BaseRunPaths(Path(output_root), model_name)
+    existing = [p for p in (paths.weights, paths.last) if p.is_file()]
+    if existing and not (resume or overwrite):
+        raise InputError(f"{existing[0]} exists (an earlier run's weights); continue it with --resume True, "
+                         f"replace it with --overwrite True, or write elsewhere with --output_root")
     dev = resolve_device(device)
     overrides = {k: v for k, v in (("max_epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
     if isinstance(supervision, str):
