@@ -73,6 +73,19 @@ def test_unrecorded_pseudo_labels_older_than_the_maps_are_refused(tmp_path):
         train_prn(_cfg(data, tmp_path / "a"))
 
 
+def test_unrecorded_pseudo_labels_newer_than_the_maps_are_used_as_they_are(tmp_path):
+    """The authors' data.zip ships pseudo-labels without a record: used (with a warning), never replaced."""
+    data = tmp_path / "data"
+    _write_maps(data, 4, seed=0)
+    labels = data / "train_aux_gt_p_16.npy"
+    theirs = (np.load(data / "val_orig_gt.npy") > 0).astype(np.float64)  # their float64 labels
+    np.save(labels, theirs)
+    new = os.stat(data / "val_pred.npy").st_mtime + 100
+    os.utime(labels, (new, new))
+    train_prn(_cfg(data, tmp_path / "a"))
+    np.testing.assert_array_equal(np.load(labels), theirs)
+
+
 def test_resume_refuses_other_data(tmp_path):
     data = tmp_path / "data"
     _write_maps(data, 4, seed=0)
