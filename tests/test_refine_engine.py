@@ -216,7 +216,12 @@ def test_cli_train_predict_in_process(data_dir, tmp_path, capsys):
 
     metrics = refine_predict.main(_script("deepglobe", "predict"),
                                   ["--aux_model", "p0", "--checkpoint", "True", "--figure", "0", *common])
-    assert metrics["combine"] == "global" and "local" not in metrics
+    stored = load_prn(weights)[1].config["refiner"]["rule"]  # train.py held out maps and chose a rule
+    assert metrics["rule"] == stored and metrics["rule_source"] == "chosen on held-out maps at training time"
+    assert "local" not in metrics
+    authors = refine_predict.main(_script("deepglobe", "predict"), ["--aux_model", "p0", "--checkpoint", "True",
+                                                                    "--combine", "global", "--figure", "0", *common])
+    assert authors["combine"] == "global" and authors["rule"] == "global@0.5"
     _unit(metrics["refined"])
     assert "Total mIoU after Refinement" in (tmp_path / "logs" / "p0" / "p0_predict_log.log").read_text()
 

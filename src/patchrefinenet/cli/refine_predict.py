@@ -23,6 +23,7 @@ _EXAMPLES = """examples:
   python src/{ds}/refine-models/predict.py --aux_model p64 --checkpoint True --batch_stats True   # authors' BN
   python src/{ds}/refine-models/predict.py --aux_model p64 --checkpoint_path p64_weights.th --save_masks True
   python src/{ds}/refine-models/predict.py --aux_model p64 --checkpoint True --combine global --figure 8
+  python src/{ds}/refine-models/predict.py --aux_model p64 --checkpoint True --rule global@0.4
 
 --batch_stats True reproduces the authors' numbers (their predict.py never called model.eval(),
 so BatchNorm used per-image / per-patch statistics); the default uses running statistics.
@@ -49,6 +50,10 @@ def _parser(script_file: str) -> argparse.ArgumentParser:
     parser.add_argument("--combine", choices=_COMBINE_MODES, default=None,
                         help="upstream = global ∪ dilate3x3(global ∩ local) (default for p4, p16, p64, ...); "
                              "global (default for p0); local")
+    parser.add_argument("--rule", default=None,
+                        help="output rule: authors, global, local, mean or base, optionally @threshold (e.g. "
+                             "global@0.45); default: the rule chosen on held-out maps when the PRN was trained "
+                             "(stored in the checkpoint), else --combine's default")
     parser.add_argument("--batch_size", type=int, default=1, help="maps per forward pass (default: 1, as the authors)")
     parser.add_argument("--save_masks", type=str2bool, nargs="?", const=True, default=False,
                         help="write the final masks as PNGs (0/255) to outputs/<aux>/masks/")
@@ -74,7 +79,7 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
     cfg = RefinePredictConfig(
         data_dir=str(run.data_dir), output_root=str(run.output_root), aux_model=args.aux_model,
         patch_size=args.patch_size, checkpoint_path=None if args.checkpoint_path is None else str(Path(args.checkpoint_path)),
-        batch_stats=args.batch_stats, row7_quirk=args.row7_quirk, combine=args.combine, batch_size=args.batch_size,
+        batch_stats=args.batch_stats, row7_quirk=args.row7_quirk, combine=args.combine, rule=args.rule, batch_size=args.batch_size,
         device=args.device,
         bf16=args.bf16, channels_last=args.channels_last, compile=args.compile, save_masks=args.save_masks, save_probs=args.save_probs,
         figure=args.figure, saliency=run.spec.layout == "duts", num_workers=args.num_workers,

@@ -1,8 +1,9 @@
 """PRN inference on the test arrays and the authors' head combination (R §9).
 
-For every test map the PRN's global (and, for grid > 0, local) probabilities are thresholded at
-> 0.5 and combined: ``upstream`` (default for grid > 0) is the authors' rule
-final = G ∪ dilate₃ₓ₃(G ∩ L); ``global`` / ``local`` use one head alone. Metrics are streamed with
+For every test map the PRN's outputs become a mask by an output rule (docs/refiner.md): the
+rule chosen on held-out maps when the PRN was trained (stored in its checkpoint), or ``--rule``,
+or ``--combine``: ``upstream`` (the default for grid > 0 without a stored rule) is the authors'
+final = G>0.5 ∪ dilate₃ₓ₃(G>0.5 ∩ L>0.5); ``global`` / ``local`` use one head alone. Metrics are streamed with
 :class:`~patchrefinenet.metrics.SegmentationMeter` for the final mask, for each head alone and for
 the base model's input at 0.5, so the gain of refinement is read off one JSON file.
 
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from data_utils.errors import InputError
 from data_utils.io import atomic_path, open_memmap_atomic, remove_stale_temporaries, staged_folder, write_text_atomic
 from patchrefinenet.metrics import SegmentationMeter
+from patchrefinenet.selection import Rule, apply_rule
 from patchrefinenet.models.prn import PRN, load_prn, resolve_grid
 from patchrefinenet.refine.data import (
     TEST_GT, TEST_INPUTS, NpyMaps, RefineDataset, RefineOutputs, generator_hint, require_arrays,
@@ -85,6 +87,7 @@ class RefinePredictConfig:
     batch_stats: bool = False
     row7_quirk: bool | None = None  # None: on only for the authors' bare P64 file (models.prn.load_prn)
     combine: str | None = None
+    rule: str | None = None
     batch_size: int = 1
     device: str = "auto"
     bf16: bool = False
@@ -102,13 +105,15 @@ class RefinePredictConfig:
     def __post_init__(self) -> None:
         if self.combine is not None and self.combine not in COMBINE_MODES:
             raise InputError(f"--combine {self.combine!r}: choose one of {', '.join(COMBINE_MODES)}")
+        if self.rule is not None:
+            Rule.parse(self.rule)  # a clear error for a bad --rule now, not after loading
         if self.batch_size < 1:
             raise InputError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.figure < 0 or self.num_workers < 0:
             raise InputError(f"--figure and num_workers must be >= 0, got {self.figure}, {self.num_workers}")
 
 
-def _load_model(cfg: RefinePredictConfig, grid: int, path: Path, device: torch.device) -> tuple[PRN, str]:
+def _load_model(cfg: RefinePredictConfig, grid: int, path: Path, device: torch.device) -> tuple[PRN, str, str | None]:
     """Load the checkpoint; our files must match the requested grid, the authors' files bring their own."""
     if not path.is_file():
         raise InputError(f"no PRN checkpoint at {path}; train one (refine-models/train.py with the same "
@@ -126,7 +131,27 @@ def _load_model(cfg: RefinePredictConfig, grid: int, path: Path, device: torch.d
     model.check_values = False  # RefineDataset checks every item: no host sync per batch
     if cfg.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    return model, ck.source
+    return model, ck.source, ((ck.config or {}).get("refiner") or {}).get("rule")
+
+
+# The authors' --combine modes as output rules (docs/refiner.md).
+_COMBINE_RULES = {"upstream": Rule("authors"), "global": Rule("global"), "local": Rule("local")}
+
+
+def _choose_rule(cfg: RefinePredictConfig, grid: int, stored: str | None) -> tuple[Rule, str]:
+    """The output rule and where it came from: --rule, else --combine, else the rule chosen on held-out
+    maps at training time (stored in the checkpoint), else the authors' default for the grid."""
+    if cfg.rule is not None:
+        rule, why = Rule.parse(cfg.rule), "--rule"
+    elif cfg.combine is not None:
+        rule, why = _COMBINE_RULES[cfg.combine], "--combine"
+    elif stored:
+        rule, why = Rule.parse(stored), "chosen on held-out maps at training time"
+    else:
+        rule, why = (Rule("authors") if grid > 0 else Rule("global")), "the authors' default"
+    if rule.uses_local and grid == 0:
+        raise InputError(f"rule {rule.name}: this PRN has no local head (grid 0, p0); use --combine global")
+    return rule, why
 
 
 def predict_prn(cfg: RefinePredictConfig) -> dict[str, Any]:
@@ -150,22 +175,21 @@ def predict_prn(cfg: RefinePredictConfig) -> dict[str, Any]:
     ckpt, kind = (Path(cfg.checkpoint_path), "--checkpoint_path") if cfg.checkpoint_path else out.weights_to_load()
     with log_to_file(out.predict_log, mode="a"):
         log.info("PRN weights: %s (%s)", ckpt, kind)
-        model, source = _load_model(cfg, choice.grid, ckpt, device)
+        model, source, stored = _load_model(cfg, choice.grid, ckpt, device)
         grid = model.config.grid
-        combine = cfg.combine or ("upstream" if grid > 0 else "global")
-        if combine != "global" and grid == 0:
-            raise InputError(f"--combine {combine}: this PRN has no local head (grid 0, p0); use --combine global")
+        rule, why = _choose_rule(cfg, grid, stored)
+        combine = next((k for k, r in _COMBINE_RULES.items() if r == rule), rule.name)
         model.eval().set_batch_statistics(cfg.batch_stats)
         if cfg.batch_stats and cfg.batch_size > 1:
             log.warning("--batch_stats with --batch_size %d pools BatchNorm statistics over %d images; the authors "
                         "used batch 1", cfg.batch_size, cfg.batch_size)
         bf16 = cfg.bf16 and device.type == "cuda"
-        log.info("PRN prediction (%s): %s; checkpoint %s (%s); %d test maps of %d×%d; BatchNorm %s; combine %s",
+        log.info("PRN prediction (%s): %s; checkpoint %s (%s); %d test maps of %d×%d; BatchNorm %s; rule %s (%s)",
                  cfg.dataset or data, choice.description, ckpt, source, n, h, w,
-                 "batch statistics (authors)" if cfg.batch_stats else "running statistics (eval)", combine)
+                 "batch statistics (authors)" if cfg.batch_stats else "running statistics (eval)", rule.name, why)
         with staged_folder(out.output_dir) as stage:  # a failed run leaves the earlier outputs as they were
-            result = _evaluate(cfg, model, RefineDataset(inputs, gt_path), out, combine, device, bf16, stage)
-        result.update(combine=combine, batch_stats=cfg.batch_stats, grid=grid, aux=choice.aux_name,
+            result = _evaluate(cfg, model, RefineDataset(inputs, gt_path), out, rule, device, bf16, stage)
+        result.update(combine=combine, rule=rule.name, rule_source=why, batch_stats=cfg.batch_stats, grid=grid, aux=choice.aux_name,
                       checkpoint=str(ckpt), checkpoint_source=source, data_dir=str(data), config=asdict(cfg))
         log.info("Total mIoU after Refinement = %f", result["miou"])
         log.info("base model (input > 0.5): pooled IoU %.6f; global head alone %.6f%s", result["base"]["pooled_iou"],
@@ -176,7 +200,7 @@ def predict_prn(cfg: RefinePredictConfig) -> dict[str, Any]:
     return result
 
 
-def _evaluate(cfg: RefinePredictConfig, model: PRN, dataset: RefineDataset, out: RefineOutputs, combine: str,
+def _evaluate(cfg: RefinePredictConfig, model: PRN, dataset: RefineDataset, out: RefineOutputs, rule: Rule,
               device: torch.device, bf16: bool, stage: Path) -> dict[str, Any]:
     """Stream the test set through the model; accumulate metrics; write the optional outputs into
     ``stage`` (moved to ``out.output_dir`` when the run succeeds; the result names the final paths)."""
@@ -206,7 +230,7 @@ def _evaluate(cfg: RefinePredictConfig, model: PRN, dataset: RefineDataset, out:
                     global_prob, local_prob = net(xd)
                 global_prob = global_prob.float().clamp_(0, 1)  # bf16 rounding may step past 1
                 local_prob = None if local_prob is None else local_prob.float().clamp_(0, 1)
-                final = combine_heads(global_prob, local_prob, combine).cpu()
+                final = apply_rule(rule, xd.float(), global_prob, local_prob)[1].to(torch.uint8).cpu()
                 g_np = global_prob.cpu().numpy()
                 l_np = None if local_prob is None else local_prob.cpu().numpy()
                 meters["refined"].update(final.numpy(), gt.numpy())
@@ -235,7 +259,7 @@ def _evaluate(cfg: RefinePredictConfig, model: PRN, dataset: RefineDataset, out:
         result["masks_dir"] = str(out.output_dir / "masks")
     if examples:
         fig_name = f"{out.aux}_predict_figure.png"
-        save_figure(stage / fig_name, examples, f"PRN {out.aux} ({combine})")
+        save_figure(stage / fig_name, examples, f"PRN {out.aux} ({rule.name})")
         result["figure"] = str(out.output_dir / fig_name)
     return result
 
