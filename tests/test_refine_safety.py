@@ -209,3 +209,26 @@ def test_unknown_base_model_is_named_with_the_valid_ones(tmp_path, capsys, name)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "unknown base model 'banana'" in err and "dlinknet" in err
     assert "missing" not in err
+
+
+def test_train_and_predict_remove_what_a_killed_run_left(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    data, out = tmp_path / "data", tmp_path / "out"
+    _write_maps(data, 4, seed=0)
+    _write_maps(data, 2, seed=5, names=("test_input.npy", "test_orig_gt.npy"))
+    host = socket.gethostname()
+    left = [out / "checkpoints" / "p4" / f".p4_weights.th.{host}~{dead}.abc.tmp.th",
+            data / f".train_aux_gt_p_16.npy.{host}~{dead}.def.tmp.npy",
+            out / "outputs" / "p4" / f".p4.{host}~{dead}.ghi.tmp"]
+    for p in left:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    train_prn(_cfg(data, out))
+    predict_prn(RefinePredictConfig(data_dir=str(data), output_root=str(out), aux_model="p4", device="cpu",
+                                    progress=False, figure=0))
+    assert not any(p.exists() for p in left)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from data_utils.arrays import open_maps
 from data_utils.datasets import SegmentationSplit, seg_models_dir, to_prn_resolution
 from data_utils.errors import InputError
-from data_utils.io import open_memmap_atomic
+from data_utils.io import open_memmap_atomic, remove_stale_temporaries
 from data_utils.pseudo_labels import generate_pseudo_label_file
 from data_utils.spec import DatasetSpec, released_checkpoint_dir
 from patchrefinenet.checkpoint import LoadedCheckpoint, load_checkpoint, load_weights_strict
@@ -216,6 +216,8 @@ def generate_aux_arrays(spec: DatasetSpec, model_name: str, *, data_root: str | 
         model = torch.compile(model)
     out_dir = refine_arrays_dir(spec, data_root, model_name)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for path in remove_stale_temporaries(out_dir):
+        log.info("removed %s (left by a run that was killed)", path)
     return {d.split: _write_split(model, d, spec, out_dir, dev, batch_size, num_workers, progress) for d in datasets}
 
 

@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from data_utils.datasets import SegmentationSplit
 from data_utils.errors import InputError
-from data_utils.io import write_text_atomic
+from data_utils.io import remove_stale_temporaries, write_text_atomic
 from data_utils.spec import DatasetSpec
 from patchrefinenet.checkpoint import load_checkpoint, load_weights_strict, save_checkpoint
 from patchrefinenet.models import BASE_MODELS, build_base_model, init_imagenet_backbone
@@ -504,6 +504,8 @@ def train_base_model(
     val_loader = DataLoader(val_set, batch_size=recipe.batch_size, shuffle=False, num_workers=num_workers,
                             pin_memory=pin)
 
+    for path in remove_stale_temporaries(paths.checkpoint_dir, paths.log_dir):
+        log.info("removed %s (left by a run that was killed)", path)
     log_file = paths.train_log(time.strftime("%Y%m%d-%H%M%S"))
     with log_to_file(log_file):
         log.info("training %s on %s (%s): %s", model_name, spec.name, dev, json.dumps(config["dataset"]["train"]))
