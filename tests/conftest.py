@@ -4,6 +4,7 @@ Tests use tiny tensors, for which intra-op threading costs more than it gains (a
 2-core machine threads thrash), so every test runs torch single-threaded. OMP_NUM_THREADS=1 keeps
 it so through the commands the tests run, whose automatic --threads choice follows that variable.
 """
+import logging
 import os
 
 import pytest
@@ -21,3 +22,16 @@ def _single_thread():
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
         os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture(autouse=True)
+def _restore_patchrefinenet_logger():
+    """Commands attach a console handler bound to the test's captured stderr; once that capture is
+    closed, a later test's log line would fail ('--- Logging error ---'). Each test starts clean."""
+    logger = logging.getLogger("patchrefinenet")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    for handler in [h for h in logger.handlers if h not in handlers]:
+        logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = propagate

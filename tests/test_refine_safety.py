@@ -3,7 +3,6 @@ replaced without being asked, nothing half-written left after a failure (issue 1
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -26,19 +25,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def restore_logger():
-    """The CLIs attach a console handler to this test's captured stderr; later tests must not write to it."""
-    logger = logging.getLogger("patchrefinenet")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    for h in logger.handlers:
-        if h not in saved[0]:
-            logger.removeHandler(h)
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
 
 
 def _write_maps(folder: Path, n: int, seed: int, names=("val_pred.npy", "val_orig_gt.npy"), size: int = SIZE) -> None:
