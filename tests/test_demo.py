@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from patchrefinenet import Refiner
 from patchrefinenet.demo import pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,62 +34,65 @@ def fast_demo(tmp_path_factory):
 
 def _assert_valid_rows(rows):
     for row in rows:
-        for key in ("pooled_iou", "mean_iou", "dice"):
-            assert math.isfinite(row[key]) and 0.0 <= row[key] <= 1.0, (row["method"], key, row[key])
+        for scenario in ("shift", "control"):
+            if row[scenario] is None:
+                continue
+            for key in ("pooled_iou", "mean_iou", "dice"):
+                value = row[scenario][key]
+                assert math.isfinite(value) and 0.0 <= value <= 1.0, (row["id"], scenario, key, value)
 
 
 def test_fast_demo_writes_every_artifact_with_valid_metrics(fast_demo):
     root, report, stderr = fast_demo
 
-    # stage outputs, in the layouts users know
-    data = root / "data" / "deepglobe"
-    assert (data / "seg-models" / "train.csv").is_file() and any((data / "seg-models" / "train").glob("*_sat.jpg"))
-    arrays = data / "refine-models" / "resunetplusplus"
-    for name in ("val_pred.npy", "val_orig_gt.npy", "test_input.npy", "test_orig_gt.npy",
-                 "train_aux_gt_p_8.npy", "train_aux_gt_p_64.npy", "test_aux_gt_p_8.npy"):
-        assert (arrays / name).is_file(), name
+    # stage outputs, in the layouts users know: the training distribution and the shifted deployment one
+    for data_root in ("data", "deploy-data"):
+        data = root / data_root / "kvasir"
+        assert (data / "seg-models" / "val.csv").is_file() and any((data / "seg-models" / "train").glob("*.jpg"))
+        arrays = data / "refine-models" / "resunetplusplus"
+        for name in ("val_pred.npy", "val_orig_gt.npy", "test_input.npy", "test_orig_gt.npy"):
+            assert (arrays / name).is_file(), (data_root, name)
+    assert json.loads((root / "deploy-data" / "kvasir" / "seg-models" / "demo_manifest.json").read_text())["shift"]
     assert (root / "seg-models" / "checkpoints" / "resunetplusplus" / "resunetplusplus_weights.th").is_file()
-    for aux in ("p0", "p64"):
-        assert (root / "refine-models" / "checkpoints" / aux / f"{aux}_weights.th").is_file()
-        log = (root / "refine-models" / "logs" / aux / f"{aux}_predict_log.log").read_text()
-        assert "Total mIoU after Refinement = " in log
     assert "Base Test mIoU before Refinement" in \
         (root / "seg-models" / "logs" / "resunetplusplus" / "resunetplusplus_miou_log.log").read_text()
+    for scenario in ("shift", "control"):
+        refiner = Refiner.load(root / f"prn-{scenario}.pt")
+        assert refiner.selection is not None and refiner.selection.n_maps >= 1
 
-    # the report: table rows with metrics in [0, 1], Markdown + JSON, two figures
-    methods = [r["method"] for r in report["rows"]]
-    assert methods[0].startswith("Base model, threshold 0.5") and methods[-1].startswith("Patch oracle")
-    assert any(m.startswith("PRN p64") for m in methods) and any(m.startswith("DenseCRF") for m in methods)
-    assert "PRN p64, global head alone" in methods
+    # the report: rows with ids, both scenarios, Markdown + JSON, two figures
+    ids = [r["id"] for r in report["rows"]]
+    assert ids == ["base@0.5", "best_global", "prn", "prn_authors", "prn_global", "oracle"]
     _assert_valid_rows(report["rows"])
     saved = json.loads((root / "results.json").read_text())
-    assert [r["method"] for r in saved["rows"]] == methods
-    assert "| method |" in (root / "results.md").read_text()
+    assert [r["id"] for r in saved["rows"]] == ids and set(saved["goals"]["met"]) == {
+        "shift: prn >= base@0.5 + 3", "shift: prn >= best_global + 1", "control: prn >= best_global - 0.2"}
+    assert "| id | method |" in (root / "results.md").read_text()
     for fig in report["figures"].values():
         assert Path(fig).is_file() and Path(fig).stat().st_size > 1000
-    # the oracle is an upper bound for patch-wise thresholding of the same maps
-    oracle = report["rows"][-1]["pooled_iou"]
-    assert oracle >= report["rows"][0]["pooled_iou"] - 1e-9
-    # --quiet reaches every stage's script: no progress bars
+    rows = {r["id"]: r for r in report["rows"]}
+    for scenario in ("shift", "control"):
+        # the oracle is an upper bound for patch-wise thresholding of the same maps
+        assert rows["oracle"][scenario]["pooled_iou"] >= rows["base@0.5"][scenario]["pooled_iou"] - 1e-9
+        assert {"ece", "brier"} <= set(rows["prn"][scenario])
+    # --quiet reaches every stage: no progress bars
     assert "batch/s" not in stderr and "it/s" not in stderr
 
 
 def test_weak_flag_adds_scribble_supervised_rows(fast_demo):
-    """``--weak`` on an existing demo root: scribbles, two weak base models, PRN p64, their rows in the table."""
+    """``--weak`` on an existing demo root: scribbles, two weak base models, PRN on top, their rows in the table."""
     root, first, _ = fast_demo
     report = pipeline.main(["--fast", "--root", str(root), "--quiet", "--weak", "--stages", "report"])
-    methods = [r["method"] for r in report["rows"]]
-    weak = [m for m in methods if "scribbles" in m or "DenseCRF base" in m]
-    assert weak == ["Base from scribbles, pCE only", "Base from scribbles, pCE + DenseCRF loss",
-                    "PRN p64 on the pCE + DenseCRF base"]
-    assert methods[:len(first["rows"]) - 1] == [r["method"] for r in first["rows"][:-1]]  # full supervision kept
-    assert methods[-1].startswith("Patch oracle")
+    ids = [r["id"] for r in report["rows"]]
+    assert ids == ["base@0.5", "best_global", "prn", "prn_authors", "prn_global", "pce", "pce_densecrf",
+                   "prn_on_pce_densecrf", "oracle"]
+    weak = [r for r in report["rows"] if r["id"] in ("pce", "pce_densecrf")]
+    assert all(r["shift"] is None and r["control"]["pooled_iou"] >= 0 for r in weak)
     _assert_valid_rows(report["rows"])
-    assert any((root / "data" / "deepglobe" / "seg-models" / "scribbles").glob("*.png"))
+    assert any((root / "data" / "kvasir" / "seg-models" / "scribbles").glob("*.png"))
     for name in ("pce", "crf"):
         assert (root / f"weak-{name}" / "seg-models" / "checkpoints" / "resunetplusplus"
                 / "resunetplusplus_weights.th").is_file()
-    assert (root / "weak-crf" / "refine-models" / "checkpoints" / "p64" / "p64_weights.th").is_file()
     assert "weak" in report["timings_s"]
     assert "Base from scribbles, pCE only" in (root / "results.md").read_text()
 
@@ -109,4 +113,4 @@ def test_demo_help():
     proc = subprocess.run([sys.executable, str(REPO / "demo.py"), "--help"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0
-    assert "--fast" in proc.stdout and "--stages" in proc.stdout
+    assert "--fast" in proc.stdout and "--stages" in proc.stdout and "--full" in proc.stdout

@@ -165,7 +165,7 @@ class _ArrayMaps(MapSource):
         return int(self.maps.shape[1]), int(self.maps.shape[2])
 
     def _raw(self, i: int) -> np.ndarray:
-        return np.asarray(self.maps[i])
+        return np.array(self.maps[i])  # a copy: memory maps are read-only, and a map may be modified downstream
 
 
 class _ListMaps(MapSource):

@@ -1,88 +1,99 @@
-"""The demo's results table and figures, computed from the arrays the pipeline stages wrote.
+"""The demo's results table and figures, computed from the base maps and the two fitted refiners.
 
-Rows (all on the held-out test split, scored with the same streaming metrics as predict.py):
+For each scenario (``shift``: deployment scenes; ``control``: the training distribution) and on its
+held-out test maps, rows with these ids:
 
-- base model at 0.5 (the authors' protocol);
-- base model at the single global threshold that maximises pooled IoU on the *val* split;
-- DenseCRF mean-field on the base probabilities (the classic refinement baseline), its kernel
-  weights chosen on the val split like the global threshold;
-- PRN at each trained grid: the final mask of predict.py (for grids with a local head, the
-  authors' combination G ∪ dilate(G ∩ L)) and, for those grids, the global head alone;
-- with ``--weak``, the rows of :mod:`.weak` (base models from scribbles, PRN on top);
-- the patch oracle: per-patch best thresholds chosen with the *test* ground truth (an upper bound
-  for patch-wise thresholding, not a method).
+- ``base@0.5``: the base model at 0.5 (the authors' protocol);
+- ``best_global``: the base model at the one threshold (0.01 … 0.99) that maximises pooled IoU on
+  the scenario's labelled maps — the same maps PRN is fitted on, so both get the same labels;
+- ``prn``: the shipped refiner — the output rule chosen on its held-out maps, or the base map at
+  its best global threshold when the guard found no gain (docs/refiner.md);
+- ``prn_authors`` / ``prn_global``: the same PRN weights with the authors' combination
+  G ∪ dilate(G ∩ L) and with the global head at 0.5 (what a user gets without selection);
+- ``oracle``: every patch binarised at its best threshold *chosen with the test ground truth*
+  (an upper bound for patch-wise thresholding, not a method);
+- with ``--weak``, the rows of :mod:`.weak` (control column: base models from scribbles).
 """
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from data_utils.arrays import open_maps
 from data_utils.datasets import load_sample, read_split
-from data_utils.errors import InputError
 from data_utils.io import atomic_path, write_text_atomic
-from data_utils.pseudo_labels import DEFAULT_THRESHOLDS
-from data_utils.spec import load_dataset_spec
-from patchrefinenet.metrics import SegmentationMeter
-from patchrefinenet.refine.predict import combine_heads
-from patchrefinenet.seg.generate import pseudo_label_paths
+from data_utils.pseudo_labels import patch_pseudo_labels
+from data_utils.spec import DatasetSpec
+from patchrefinenet.demo.config import SCENARIOS, DemoConfig, DemoPaths
+from patchrefinenet.metrics import CalibrationMeter, SegmentationMeter
+from patchrefinenet.refiner import Refiner
+from patchrefinenet.selection import Rule, ThresholdSweep
 
 log = logging.getLogger("patchrefinenet")
 
 METRICS = ("pooled_iou", "mean_iou", "dice")
-CHUNK = 16
+CALIBRATION = ("ece", "brier")
 
 
-def _score(pred_chunks) -> dict:
-    """Metrics of an iterable of (prob_or_mask (n,H,W), gt (n,H,W)) chunks."""
-    meter = SegmentationMeter()
-    for prob, gt in pred_chunks:
-        meter.update(prob, gt)
-    return meter.compute()
+def scenario_maps(paths: DemoPaths, model: str, scenario: str) -> dict[str, np.ndarray]:
+    """The base model's val/test probabilities and masks of a scenario, (N, H, W) float32 arrays."""
+    folder = paths.arrays(model, scenario)
+    names = {"val_prob": "val_pred.npy", "val_gt": "val_orig_gt.npy", "test_prob": "test_input.npy",
+             "test_gt": "test_orig_gt.npy"}
+    return {k: np.asarray(open_maps(folder / v, f"{scenario} {k}"), dtype=np.float32) for k, v in names.items()}
 
 
-def _chunks(n: int):
-    for lo in range(0, n, CHUNK):
-        yield slice(lo, min(n, lo + CHUNK))
+def _scores(prob: np.ndarray, mask: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """Segmentation metrics of ``mask`` and calibration of ``prob`` against ``gt``."""
+    seg, cal = SegmentationMeter(), CalibrationMeter()
+    seg.update(mask.astype(np.float32), gt)
+    cal.update(prob, gt)
+    return {**{k: float(v) for k, v in seg.compute().items() if k in METRICS}, **cal.compute()}
 
 
-def best_global_threshold(prob: np.ndarray, gt: np.ndarray, thresholds=DEFAULT_THRESHOLDS[:-1]) -> tuple[float, float]:
-    """The threshold of ``thresholds`` maximising pooled IoU (+1 smoothing) of ``prob > τ`` over all maps.
+def scenario_rows(cfg: DemoConfig, paths: DemoPaths, scenario: str) -> tuple[list[dict], dict]:
+    """The rows of one scenario and the extras the figures need."""
+    maps = scenario_maps(paths, cfg.base_model, scenario)
+    test_prob, test_gt = maps["test_prob"], maps["test_gt"]
+    rows: list[dict] = []
 
-    One pass: each pixel's count of thresholds below it indexes histograms of foreground and all
-    pixels, whose reversed cumulative sums give TP and predicted positives for every τ at once.
-    """
-    t = np.asarray(thresholds, dtype=np.float64)
-    k = len(t)
-    pos, fg_hist, n_fg = np.zeros(k + 1), np.zeros(k + 1), 0.0
-    for sl in _chunks(len(prob)):
-        p, g = np.asarray(prob[sl], dtype=np.float32).ravel(), np.asarray(gt[sl]).ravel() > 0.5
-        idx = np.searchsorted(t, p, side="left")  # number of thresholds strictly below p
-        pos += np.bincount(idx, minlength=k + 1)
-        fg_hist += np.bincount(idx[g], minlength=k + 1)
-        n_fg += g.sum()
-    # pixel with idx = j is positive for thresholds t[0..j-1], i.e. for τ_i when j > i
-    pred = np.cumsum(pos[::-1])[::-1][1:]
-    tp = np.cumsum(fg_hist[::-1])[::-1][1:]
-    iou = (tp + 1) / (pred + n_fg - tp + 1)
-    best = int(np.argmax(iou))
-    return float(t[best]), float(iou[best])
+    def add(row_id: str, method: str, prob: np.ndarray, mask: np.ndarray, note: str = "") -> None:
+        rows.append({"id": row_id, "method": method, **_scores(prob, mask, test_gt), "note": note})
+
+    add("base@0.5", "Base model, threshold 0.5", test_prob, test_prob > 0.5)
+    sweep = ThresholdSweep()
+    sweep.update(torch.from_numpy(maps["val_prob"]), torch.from_numpy(maps["val_gt"]))
+    tau, val_score = sweep.best()
+    add("best_global", "Base model, best global threshold", test_prob, test_prob > tau,
+        f"τ = {tau:.2f}, chosen on the {len(maps['val_prob'])} labelled maps (pooled IoU {val_score:.4f} there)")
+
+    refiner = Refiner.load(paths.refiner(scenario), device="cpu")
+    shipped = refiner.refine(test_prob, thresholds=True)
+    note = f"rule {refiner.rule.name}"
+    if refiner.selection is not None and refiner.selection.fell_back:
+        note += " (guard: PRN did not beat the base map on the held-out maps)"
+    add("prn", "PRN, shipped (held-out selection + guard)", shipped.prob, shipped.mask, note)
+    for row_id, rule, label in (("prn_authors", Rule("authors"), "PRN, the authors' combination G ∪ dilate(G ∩ L)"),
+                                ("prn_global", Rule("global"), "PRN, global head at 0.5")):
+        out = Refiner(refiner.model, rule, device="cpu").refine(test_prob, thresholds=False)
+        add(row_id, label, out.prob, out.mask, "same weights, fixed rule, no selection")
+    oracle = patch_pseudo_labels(test_prob, test_gt, cfg.patch_size).labels
+    add("oracle", f"Patch oracle, {cfg.patch_size}-px patches (uses the test masks)", test_prob, oracle,
+        "upper bound, not a method")
+    extras = {"shipped": shipped, "tau": tau, "test_prob": test_prob, "test_gt": test_gt,
+              "selection": None if refiner.selection is None else refiner.selection.message()}
+    return rows, extras
 
 
-def _split_images(paths, spec, split: str, n: int) -> np.ndarray:
+def _split_images(spec: DatasetSpec, data_root, split: str, n: int) -> np.ndarray:
     """The first ``n`` images of ``split`` as RGB uint8 at the PRN map size, in array order."""
     import cv2
 
-    samples = read_split(spec, paths.data_root, split)
-    if split == "test" and len(samples) != n:
-        raise InputError(f"{len(samples)} test images but {n} test maps; regenerate the arrays "
-                         "(python demo.py --stages arrays --force)")
-    samples = samples[:n]
     out = []
-    for s in samples:
+    for s in read_split(spec, data_root, split)[:n]:
         rgb = load_sample(spec, s)[2]
         if rgb.shape[0] != spec.prn_size:
             rgb = cv2.resize(rgb, (spec.prn_size, spec.prn_size), interpolation=cv2.INTER_AREA)
@@ -90,167 +101,143 @@ def _split_images(paths, spec, split: str, n: int) -> np.ndarray:
     return np.stack(out)
 
 
-# DenseCRF kernel weights tried on val (Gaussian, bilateral); the widths scale with the image size
-DENSECRF_WEIGHTS = ((3.0, 10.0), (3.0, 3.0), (1.0, 1.0), (1.0, 0.3))
-DENSECRF_VAL_MAPS = 32
-
-
-def _densecrf(images: np.ndarray, prob: np.ndarray, weights: tuple[float, float], progress: bool) -> np.ndarray:
-    from patchrefinenet.rloss.meanfield import densecrf_refine_batch
-
-    scale = images.shape[1] / 512  # the default kernel widths are for ~500 px images
-    return densecrf_refine_batch(images, prob, progress=progress, gaussian_sxy=max(1.0, 3 * scale),
-                                 bilateral_sxy=max(2.0, 80 * scale), gaussian_weight=weights[0],
-                                 bilateral_weight=weights[1])
-
-
-def choose_densecrf_weights(images: np.ndarray, prob: np.ndarray, gt: np.ndarray) -> tuple[tuple[float, float], float]:
-    """The (Gaussian, bilateral) weights of :data:`DENSECRF_WEIGHTS` with the best pooled IoU on val maps."""
-    scored = [(_score([(_densecrf(images, prob, w, False), gt)])["pooled_iou"], w) for w in DENSECRF_WEIGHTS]
-    best_iou, best = max(scored)
-    return best, float(best_iou)
-
-
-def _prn_outputs(paths, aux: str) -> tuple[np.ndarray, np.ndarray | None]:
-    out = paths.refine_root / "outputs" / aux
-    g = open_maps(out / "test_prob_global.npy", f"PRN {aux} global probabilities")
-    local = out / "test_prob_local.npy"
-    return g, (open_maps(local, f"PRN {aux} local probabilities") if local.is_file() else None)
-
-
-def _final_mask(g: np.ndarray, l: np.ndarray | None) -> np.ndarray:
-    gt = torch.from_numpy(np.array(g, dtype=np.float32))[:, None]  # a writable copy (g may be a memory map)
-    lt = None if l is None else torch.from_numpy(np.array(l, dtype=np.float32))[:, None]
-    return combine_heads(gt, lt, "upstream" if lt is not None else "global")[:, 0].numpy()
-
-
-def write_report(cfg, paths, progress: bool = True, extra_rows: Sequence[dict] = ()) -> dict:
-    """Compute every row, write ``results.md``/figures under the demo root, return the report dict.
-
-    ``extra_rows`` (``{"method", "pooled_iou", "mean_iou", "dice", "note"}``, e.g. the weak-supervision
-    rows) go after the PRN rows, before the patch oracle.
-    """
-    spec = load_dataset_spec(paths.config)
-    arrays = paths.arrays(cfg.base_model)
-    test_prob = open_maps(arrays / "test_input.npy", "test probabilities")
-    test_gt = open_maps(arrays / "test_orig_gt.npy", "test ground truth")
-    val_prob = open_maps(arrays / "val_pred.npy", "val probabilities")
-    val_gt = open_maps(arrays / "val_orig_gt.npy", "val ground truth")
-    n = len(test_prob)
-    rows: list[dict] = []
-
-    def add(name: str, metrics: dict, note: str = "") -> None:
-        rows.append({"method": name, **{k: float(metrics[k]) for k in METRICS}, "note": note})
-
-    base = _score((test_prob[s], test_gt[s]) for s in _chunks(n))
-    add("Base model, threshold 0.5", base)
-    tau, val_iou = best_global_threshold(val_prob, val_gt)
-    add(f"Base model, best global threshold (τ = {tau:.2f}, chosen on val)",
-        _score((test_prob[s] > tau, test_gt[s]) for s in _chunks(n)), f"val pooled IoU {val_iou:.4f}")
-
-    k = min(DENSECRF_VAL_MAPS, len(val_prob))
-    weights, crf_val_iou = choose_densecrf_weights(_split_images(paths, spec, "val", k), np.asarray(val_prob[:k]),
-                                                   np.asarray(val_gt[:k]))
-    images = _split_images(paths, spec, "test", n)
-    crf = _densecrf(images, np.asarray(test_prob), weights, progress)
-    add("DenseCRF mean-field on the base probabilities", _score([(crf, np.asarray(test_gt))]),
-        f"kernel weights {weights[0]:g}/{weights[1]:g} chosen on {k} val maps (IoU {crf_val_iou:.4f})")
-
-    prn_final = {}
-    for aux in cfg.grids:
-        g, l = _prn_outputs(paths, aux)
-        final = _final_mask(np.asarray(g), None if l is None else np.asarray(l))
-        prn_final[aux] = final
-        heads = ", residual heads" if cfg.prn_residual else ""
-        add(f"PRN {aux} (width {cfg.prn_width}{heads})", _score([(final, np.asarray(test_gt))]),
-            "authors' combination G ∪ dilate(G ∩ L)" if l is not None else "global head")
-        if l is not None:
-            add(f"PRN {aux}, global head alone", _score([(np.asarray(g) > 0.5, np.asarray(test_gt))]),
-                "predict.py --combine global")
-    rows.extend({"method": r["method"], **{m: float(r[m]) for m in METRICS}, "note": r.get("note", "")}
-                for r in extra_rows)
-
-    from patchrefinenet.demo.pipeline import patch_size_for
-
-    p = patch_size_for(cfg.grids[-1], cfg.input_size)
-    label_path, threshold_path = pseudo_label_paths(spec, paths.data_root, cfg.base_model, "test", p)
-    oracle_labels = open_maps(label_path, "test patch-oracle labels")
-    add(f"Patch oracle, {p}-px patches (uses test ground truth)",
-        _score((oracle_labels[s], test_gt[s]) for s in _chunks(n)), "upper bound, not a method")
-
-    markdown = _markdown(rows, cfg, n)
+def write_report(cfg: DemoConfig, paths: DemoPaths, spec: DatasetSpec, extra_rows: Sequence[dict] = ()) -> dict:
+    """Compute every row, write ``results.md`` and the figures under the demo root, return the report."""
+    table: dict[str, list[dict]] = {}
+    extras: dict[str, dict] = {}
+    for scenario in SCENARIOS:
+        table[scenario], extras[scenario] = scenario_rows(cfg, paths, scenario)
+    rows = _merge(table, extra_rows)
+    goals = _goals(table)
+    markdown = _markdown(rows, cfg, extras, goals)
     write_text_atomic(paths.root / "results.md", markdown)
-    if not threshold_path.is_file():
-        raise InputError(f"missing {threshold_path} (the oracle's per-patch thresholds); rerun the arrays stage: "
-                         "python demo.py --stages arrays report")
-    figures = _figures(cfg, paths, np.load(threshold_path, mmap_mode="r"), images, test_prob, test_gt, prn_final, p)
-    return {"rows": rows, "markdown": markdown, "figures": figures, "best_val_threshold": tau, "n_test": n}
+    images = _split_images(spec, paths.deploy_root, "test", len(extras["shift"]["test_prob"]))
+    figures = _figures(cfg, paths, images, extras["shift"])
+    return {"rows": rows, "goals": goals, "markdown": markdown, "figures": figures,
+            "selection": {s: extras[s]["selection"] for s in SCENARIOS},
+            "best_global_threshold": {s: extras[s]["tau"] for s in SCENARIOS}}
 
 
-def _markdown(rows: list[dict], cfg, n: int) -> str:
-    width = f" width {cfg.base_width}" if cfg.base_model == "resunetplusplus" else ""
-    lines = [f"Demo results on {n} held-out test images ({cfg.kind}, {cfg.input_size}×{cfg.input_size}, "
-             f"base model {cfg.base_model}{width} trained {cfg.base_epochs} epochs at most, seed {cfg.seed}).", "",
-             "| method | pooled IoU | mean IoU | Dice | note |", "|---|---|---|---|---|"]
+def _merge(table: dict[str, list[dict]], extra_rows: Sequence[dict]) -> list[dict]:
+    """One row per id with a sub-dict per scenario; weak rows (control only) go before the oracle."""
+    rows = []
+    for i, row in enumerate(table["shift"]):
+        merged = {"id": row["id"], "method": row["method"]}
+        for s in SCENARIOS:
+            r = table[s][i]
+            merged[s] = {k: r[k] for k in (*METRICS, *CALIBRATION)}
+            merged[s]["note"] = r["note"]
+        rows.append(merged)
+    weak = [{"id": r.get("id", r["method"]), "method": r["method"], "shift": None,
+             "control": {**{k: r[k] for k in METRICS}, "note": r.get("note", "")}} for r in extra_rows]
+    return rows[:-1] + weak + rows[-1:]
+
+
+def _goals(table: dict[str, list[dict]]) -> dict[str, Any]:
+    """The issue's quality goals, measured: prn vs base@0.5 and best_global (shift), and the control."""
+    def get(s: str, row_id: str) -> float:
+        return next(r["pooled_iou"] for r in table[s] if r["id"] == row_id)
+
+    shift_vs_base = get("shift", "prn") - get("shift", "base@0.5")
+    shift_vs_global = get("shift", "prn") - get("shift", "best_global")
+    control_vs_global = get("control", "prn") - get("control", "best_global")
+    return {"shift_prn_minus_base_points": round(100 * shift_vs_base, 2),
+            "shift_prn_minus_best_global_points": round(100 * shift_vs_global, 2),
+            "control_prn_minus_best_global_points": round(100 * control_vs_global, 2),
+            "met": {"shift: prn >= base@0.5 + 3": shift_vs_base >= 0.03,
+                    "shift: prn >= best_global + 1": shift_vs_global >= 0.01,
+                    "control: prn >= best_global - 0.2": control_vs_global >= -0.002}}
+
+
+def _cell(d: dict | None, key: str) -> str:
+    return "" if d is None or key not in d else f"{d[key]:.4f}"
+
+
+def _markdown(rows: list[dict], cfg: DemoConfig, extras: dict, goals: dict) -> str:
+    n_test = len(extras["shift"]["test_prob"])
+    lines = [f"Demo results ({cfg.kind}, {cfg.input_size}×{cfg.input_size} maps, base model {cfg.base_model} "
+             f"trained on {cfg.n_train} source scenes for at most {cfg.base_epochs} epochs, seed {cfg.seed}). "
+             f"Each PRN (width {cfg.prn_width}, {cfg.patch_size}-px patches, at most {cfg.prn_epochs} epochs) is fitted "
+             f"on {cfg.n_val} labelled maps of its scenario, {round(100 * cfg.select)} % of them held out for selection; "
+             f"all scores are on {n_test} further test maps. *shift*: deployment scenes under '{cfg.shift}'; "
+             "*control*: scenes of the training distribution.", "",
+             "| id | method | shift pooled IoU | shift mean IoU | shift Dice | control pooled IoU | control mean IoU "
+             "| control Dice |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['pooled_iou']:.4f} | {r['mean_iou']:.4f} | {r['dice']:.4f} | {r['note']} |")
+        cells = [_cell(r[s], k) for s in SCENARIOS for k in METRICS]
+        lines.append(f"| {r['id']} | {r['method']} | " + " | ".join(cells) + " |")
+    lines += ["", "Calibration of the probabilities (lower is better): expected calibration error (15 bins) and "
+              "Brier score.", "", "| id | shift ECE | shift Brier | control ECE | control Brier |",
+              "|---|---|---|---|---|"]
+    for r in rows:
+        if r["id"] in ("base@0.5", "prn", "prn_authors"):
+            lines.append(f"| {r['id']} | " + " | ".join(_cell(r[s], k) for s in SCENARIOS for k in CALIBRATION) + " |")
+    lines += ["", "Notes:"]
+    for r in rows:
+        notes = [f"{s}: {r[s]['note']}" for s in SCENARIOS if r[s] and r[s].get("note")]
+        if notes:
+            lines.append(f"- `{r['id']}`: " + "; ".join(notes))
+    for s in SCENARIOS:
+        if extras[s]["selection"]:
+            lines.append(f"- selection ({s}): {extras[s]['selection']}")
+    met = ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in goals["met"].items())
+    lines += ["", f"Goals — shift: prn − base@0.5 = {goals['shift_prn_minus_base_points']:+.2f} points, "
+                  f"prn − best_global = {goals['shift_prn_minus_best_global_points']:+.2f}; control: prn − best_global = "
+                  f"{goals['control_prn_minus_best_global_points']:+.2f}. {met}."]
     return "\n".join(lines) + "\n"
 
 
-def _per_image_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    p, g = pred.reshape(len(pred), -1) > 0.5, gt.reshape(len(gt), -1) > 0.5
-    inter = (p & g).sum(1)
-    union = (p | g).sum(1)
-    return (inter + 1) / (union + 1)
+def _per_image_iou(mask: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    p, g = mask.reshape(len(mask), -1) > 0.5, gt.reshape(len(gt), -1) > 0.5
+    return ((p & g).sum(1) + 1) / ((p | g).sum(1) + 1)
 
 
-def _figures(cfg, paths, thresholds: np.ndarray, images, test_prob, test_gt, prn_final: dict, p: int) -> dict:
-    """The example grid (thresholds: the oracle's (N, H/p, W/p) per-patch thresholds) and the per-image scatter."""
+def _figures(cfg: DemoConfig, paths: DemoPaths, images: np.ndarray, shift: dict) -> dict[str, str]:
+    """Example rows of the shift test set and the per-image IoU scatter (shipped PRN vs best global)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    aux = cfg.grids[-1]
-    g, _ = _prn_outputs(paths, aux)
-    prob, gt = np.asarray(test_prob), np.asarray(test_gt)
-    base_iou, prn_iou = _per_image_iou(prob, gt), _per_image_iou(prn_final[aux], gt)
-    gain = prn_iou - base_iou
-    # show the images PRN helped most, a typical one and the one it hurt most: honest, not cherry-picked
-    order = np.argsort(gain)
+    prob, gt, out = shift["test_prob"], shift["test_gt"], shift["shipped"]
+    glob = _per_image_iou(prob > shift["tau"], gt)
+    ours = _per_image_iou(np.asarray(out.mask), gt)
+    gain = ours - glob
+    order = np.argsort(gain)  # the images PRN helped most, a typical one and the one it hurt most
     picks = list(dict.fromkeys([int(order[-1]), int(order[-2]), int(order[len(order) // 2]), int(order[0])]))
-    cols = ["image", "ground truth", "base probability", f"oracle thresholds ({p}-px patches)",
-            f"PRN {aux} probability (global)", f"PRN {aux} final mask"]
+    cols = ["deployment image", "ground truth", "base probability", f"base > {shift['tau']:.2f} (best global)",
+            "refined thresholds per patch", f"refined mask ({out.rule})"]
     fig, axes = plt.subplots(len(picks), len(cols), figsize=(2.3 * len(cols), 2.4 * len(picks)), squeeze=False)
     for r, i in enumerate(picks):
-        panels = [images[i], gt[i], prob[i], None, g[i], prn_final[aux][i]]
+        panels = [images[i], gt[i], prob[i], prob[i] > shift["tau"], out.thresholds[i], out.mask[i]]
         for c, (ax, panel) in enumerate(zip(axes[r], panels)):
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
                 ax.set_title(cols[c], fontsize=8)
-            if c == 3:
-                im = ax.imshow(thresholds[i], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+            if c == 4:
+                im = ax.imshow(panel, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
                 if r == 0:
                     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
                 continue
-            ax.imshow(panel, cmap=None if panel.ndim == 3 else "gray", vmin=0, vmax=1 if panel.ndim == 2 else None)
-        axes[r][0].set_ylabel(f"test #{i}\nIoU {base_iou[i]:.2f} → {prn_iou[i]:.2f}", fontsize=8)
+            ax.imshow(panel, cmap=None if np.ndim(panel) == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
+        axes[r][0].set_ylabel(f"test #{i}\nIoU {glob[i]:.2f} → {ours[i]:.2f}", fontsize=8)
     fig.tight_layout()
     examples = paths.root / "demo_examples.png"
     with atomic_path(examples) as tmp:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
-    ax.scatter(base_iou, prn_iou, s=14, alpha=0.8)
+    ax.scatter(glob, ours, s=14, alpha=0.8)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set_xlabel("per-image IoU, base model at 0.5")
-    ax.set_ylabel(f"per-image IoU, PRN {aux}")
-    ax.set_title(f"PRN {aux} better on {int((gain > 0).sum())} of {len(gain)} test images", fontsize=9)
+    ax.set_xlabel(f"per-image IoU, base > {shift['tau']:.2f} (best global)")
+    ax.set_ylabel(f"per-image IoU, shipped refiner ({out.rule})")
+    ax.set_title(f"shift test: refiner better on {int((gain > 0).sum())}, worse on {int((gain < 0).sum())} "
+                 f"of {len(gain)}", fontsize=9)
     ax.set_xlim(0, 1), ax.set_ylim(0, 1)
     fig.tight_layout()
     scatter = paths.root / "demo_per_image_iou.png"
     with atomic_path(scatter) as tmp:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return {"examples": str(examples), "per_image_iou": str(scatter)}

@@ -34,7 +34,7 @@ from data_utils.scribbles import UNLABELLED, read_scribble
 from data_utils.spec import load_dataset_spec
 from patchrefinenet.cli import (calculate_base_iou, generate_aux, generate_rst, generate_scribbles, refine_predict,
                                 refine_train, seg_train)
-from patchrefinenet.demo.pipeline import PRN_PREDICT_ARGS, DemoPaths, patch_size_for, prn_train_args, script_args
+from patchrefinenet.demo.config import PRN_PREDICT_ARGS, DemoPaths, patch_size_for, prn_train_args, script_args
 from patchrefinenet.metrics import SegmentationMeter
 
 log = logging.getLogger("patchrefinenet")
@@ -48,14 +48,15 @@ class WeakVariant:
     """One scribble-supervised base model: its folder name, table label and ``train.py`` flags."""
 
     name: str
+    row_id: str
     label: str
     train_flags: tuple[str, ...]
     with_prn: bool = False
 
 
 VARIANTS = (
-    WeakVariant("pce", "Base from scribbles, pCE only", ("--supervision", "scribbles", "--reg_loss", "none")),
-    WeakVariant("crf", "Base from scribbles, pCE + DenseCRF loss",
+    WeakVariant("pce", "pce", "Base from scribbles, pCE only", ("--supervision", "scribbles", "--reg_loss", "none")),
+    WeakVariant("crf", "pce_densecrf", "Base from scribbles, pCE + DenseCRF loss",
                 ("--supervision", "scribbles", "--reg_loss", "densecrf"), with_prn=True),
 )
 
@@ -148,8 +149,8 @@ def run_weak(cfg, paths, *, force: bool = False, progress: bool = True) -> list[
             generate_aux.main(paths.script("seg", "generate_aux_training_data.py"), seg)
         calculate_base_iou.main(paths.script("seg", "calculate_base_iou.py"), seg)
         note = f"{100 * fraction:.1f}% of train pixels labelled; model selected on the full val masks"
-        rows.append({"method": variant.label, **{k: float(v) for k, v in _score_arrays(arrays).items() if k in METRICS},
-                     "note": note})
+        rows.append({"id": variant.row_id, "method": variant.label,
+                     **{k: float(v) for k, v in _score_arrays(arrays).items() if k in METRICS}, "note": note})
         if not variant.with_prn:
             continue
         generate_rst.main(paths.script("seg", "generate_rst.py"),
@@ -161,7 +162,7 @@ def run_weak(cfg, paths, *, force: bool = False, progress: bool = True) -> list[
             refine_train.main(paths.script("refine", "train.py"), [*refine, *prn_train_args(cfg)])
         result = refine_predict.main(paths.script("refine", "predict.py"),
                                      [*refine, *PRN_PREDICT_ARGS])
-        rows.append({"method": f"PRN {PRN_GRID} on the pCE + DenseCRF base",
+        rows.append({"id": "prn_on_pce_densecrf", "method": f"PRN {PRN_GRID} on the pCE + DenseCRF base",
                      **{k: float(result["refined"][k]) for k in METRICS},
                      "note": "PRN trained on RST pseudo-labels from the full val masks"})
     for row in rows:

@@ -1,0 +1,149 @@
+"""What a demo run is made of: its sizes and budgets (:class:`DemoConfig`) and where it writes (:class:`DemoPaths`).
+
+Shared by the pipeline, the report and the weakly-supervised branch, so none of them imports another.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_utils.spec import DatasetSpec, dataset_spec_path, load_dataset_spec
+from patchrefinenet.cli.common import repo_root
+
+SCENARIOS = ("shift", "control")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and budgets of one demo run (primitives only; saved next to the results).
+
+    The base model trains on ``n_train`` source scenes (early stopping on ``n_val`` source scenes).
+    Two PRNs are then fitted, each on ``n_val`` labelled maps, and tested on ``n_test`` maps:
+    *shift* — deployment scenes seen through ``shift`` (new scenes, another seed), the situation
+    PRN exists for; *control* — more scenes of the training distribution (the base model's own
+    val/test splits, the authors' setting).
+    """
+
+    kind: str = "polyps"
+    n_train: int = 160
+    n_val: int = 60                # each PRN's labelled set (the source val split also stops the base model)
+    n_test: int = 60
+    image_size: int = 256          # generated images
+    input_size: int = 128          # network input and PRN map side
+    shift: str = "haze"
+    base_model: str = "dlinknet"
+    base_width: int = 8            # ResUNet++ only: filters (w, 2w, 4w, 8w, 16w); authors: 32
+    base_epochs: int = 10
+    base_batch_size: int = 4
+    base_lr: float = 1e-3
+    patch_size: int = 32           # PRN patch side in pixels (4×4 grid on 128-px maps)
+    prn_width: int = 8
+    prn_epochs: int = 15
+    prn_lr: float = 8e-4
+    prn_residual: bool = True      # PRN heads correct the base logit (see PRNConfig.residual)
+    select: float = 0.2            # share of each PRN's labelled maps held out for selection and the guard
+    margin: float = 0.005
+    seed: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def fast(cls, **overrides) -> "DemoConfig":
+        """A tiny configuration that runs end to end in about a minute (used by the tests)."""
+        small = dict(n_train=24, n_val=12, n_test=8, image_size=64, input_size=64, base_model="resunetplusplus",
+                     base_width=4, base_epochs=2, base_batch_size=4, patch_size=16, prn_width=4, prn_epochs=2)
+        return cls(**{**small, **overrides})
+
+    @classmethod
+    def full(cls, **overrides) -> "DemoConfig":
+        """The authors' geometry — 512-px maps, 64-px patches (p64), PRN width 32 — and budgets for a GPU."""
+        big = dict(n_train=400, n_val=100, n_test=100, image_size=512, input_size=512, base_epochs=40,
+                   patch_size=64, prn_width=32, prn_epochs=60)
+        return cls(**{**big, **overrides})
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where each stage reads and writes, under the demo root."""
+
+    root: Path
+    dataset: str
+
+    @property
+    def data_root(self) -> Path:
+        """The training distribution, in the authors' layout (train / val / test)."""
+        return self.root / "data"
+
+    @property
+    def deploy_root(self) -> Path:
+        """The deployment distribution, in the same layout (its val and test splits are used)."""
+        return self.root / "deploy-data"
+
+    @property
+    def config(self) -> Path:
+        return self.root / f"{self.dataset}.toml"
+
+    @property
+    def seg_root(self) -> Path:
+        return self.root / "seg-models"
+
+    @property
+    def refine_root(self) -> Path:
+        return self.root / "refine-models"
+
+    def arrays(self, model: str, scenario: str = "control") -> Path:
+        """``<data root>/<ds>/refine-models/<model>``: the base model's probability maps of a scenario."""
+        root = self.deploy_root if scenario == "shift" else self.data_root
+        return root / self.dataset / "refine-models" / model
+
+    def refiner(self, scenario: str) -> Path:
+        return self.root / f"prn-{scenario}.pt"
+
+    def script(self, side: str, name: str) -> str:
+        """The per-dataset script a user would run; the CLI implementation derives the dataset from it."""
+        return str(repo_root() / "src" / self.dataset / f"{side}-models" / name)
+
+
+def demo_spec(cfg: DemoConfig, dataset: str) -> DatasetSpec:
+    """The real dataset config with the demo's reduced sizes and budgets: same preprocessing, loss and
+    plateau rule as the authors' recipe, smaller images, fewer epochs and a narrow registry model."""
+    spec = load_dataset_spec(dataset_spec_path(dataset))
+    train = dataclasses.replace(spec.train, batch_size=cfg.base_batch_size, lr=cfg.base_lr,
+                                max_epochs=cfg.base_epochs)
+    return dataclasses.replace(spec, base_model=cfg.base_model, input_size=cfg.input_size,
+                               prn_size=cfg.input_size, train=train)
+
+
+def base_model_kwargs(cfg: DemoConfig) -> dict | None:
+    """Constructor arguments of the demo's base model (a narrow ResUNet++; the others as registered)."""
+    if cfg.base_model == "resunetplusplus":
+        w = cfg.base_width
+        return {"filters": [w, 2 * w, 4 * w, 8 * w, 16 * w]}
+    return None
+
+
+# --------------------------------------------------------------------------- the weak branch's script flags
+
+
+def script_args(paths: DemoPaths, side: str, progress: bool, config: Path | None = None) -> list[str]:
+    """The flags every seg-/refine-models script gets in the demo: config, roots, CPU, progress bars."""
+    root = paths.seg_root if side == "seg" else paths.refine_root
+    return ["--config", str(config or paths.config), "--data_root", str(paths.data_root), "--output_root", str(root),
+            "--device", "cpu", "--progress", str(progress)]
+
+
+def prn_train_args(cfg: DemoConfig) -> list[str]:
+    """``refine-models/train.py`` flags of the demo's PRNs (width, epochs, lr, residual heads, seed)."""
+    return ["--width", str(cfg.prn_width), "--epochs", str(cfg.prn_epochs), "--lr", str(cfg.prn_lr),
+            "--residual", str(cfg.prn_residual), "--seed", str(cfg.seed)]
+
+
+PRN_PREDICT_ARGS = ["--checkpoint", "True", "--figure", "0"]
+
+
+def patch_size_for(aux: str, input_size: int) -> int:
+    """Pixel side of the pseudo-label patches of ``pN`` at the demo's input size (p0: whole image)."""
+    n = int(aux[1:])
+    if n == 0:
+        return input_size
+    return input_size // int(round(n ** 0.5))
