@@ -69,7 +69,7 @@ def loss_step(loss_fn: DenseCRFLoss, prob: torch.Tensor, image: torch.Tensor) ->
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as rloss.md's numbers)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the timings in docs/rloss.md §L2b)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

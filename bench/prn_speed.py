@@ -33,7 +33,7 @@ from patchrefinenet.models.prn import PRN, PRNConfig, batch_statistics  # noqa: 
 
 
 def loop_forward(model: PRN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The authors' forward (R §3.3): encoder once, global path, then one local-decoder call per patch."""
+    """The authors' forward (docs/authors-refine.md §R3.3): encoder once, global path, then one local-decoder call per patch."""
     G = model.config.grid
     x0, x1, x2, center = model.encoding(x)
     d = model.decode2_global(x1, model.decode3_global(x2, center))

@@ -46,7 +46,7 @@ def make_maps(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 
 
 def reference(prob: np.ndarray, gt: np.ndarray, p: int, thresholds=DEFAULT_THRESHOLDS):
-    """The straightforward loop: per image, per patch, per threshold (R §11.1)."""
+    """The straightforward loop: per image, per patch, per threshold (docs/authors-refine.md §R11.1)."""
     n, h, w = prob.shape
     labels = np.zeros((n, h, w), np.uint8)
     chosen = []

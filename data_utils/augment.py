@@ -1,4 +1,4 @@
-"""The authors' training augmentations (S §2.3), driven only by a passed ``numpy.random.Generator``.
+"""The authors' training augmentations (docs/authors-seg.md §S2.3), driven only by a passed ``numpy.random.Generator``.
 
 Images are H×W×3 in OpenCV's BGR order (uint8 or float32), masks H×W; every function returns
 new C-contiguous arrays of the input dtypes. The per-dataset entry points

@@ -1,4 +1,4 @@
-"""Dataset readers for DeepGlobe, DUTS and Kvasir-SEG, reproducing the authors' preprocessing (S §2).
+"""Dataset readers for DeepGlobe, DUTS and Kvasir-SEG, reproducing the authors' preprocessing (docs/authors-seg.md §S2).
 
 Data root = the folder holding ``<name>/seg-models/``. Split files are
 ``<data_root>/<name>/seg-models/{train,val,test}.csv`` with header ``img,target`` (made by
@@ -17,7 +17,7 @@ Channel conversion (``channel_order = "rgb"``) happens after augmentation: every
 step treats channels alike except the HSV jitter, which needs OpenCV's BGR, so this equals the
 authors' convert-first order.
 
-Scribbles (weak supervision, rloss.md §1.3). ``SegmentationSplit(..., scribbles=True)`` also
+Scribbles (weak supervision, docs/rloss.md §L1.3). ``SegmentationSplit(..., scribbles=True)`` also
 reads ``<data_root>/<name>/seg-models/scribbles/<mask file stem>.png`` (:func:`scribble_path`;
 written by ``src/<ds>/seg-models/generate_scribbles.py``; values 0 = background,
 1 = foreground, 255 = unlabelled, same size as the mask). A scribble takes the geometric path of

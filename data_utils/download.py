@@ -1,4 +1,4 @@
-"""Download the authors' released weights (and, on request, ``data.zip``) from Google Drive (S §6).
+"""Download the authors' released weights (and, on request, ``data.zip``) from Google Drive (docs/authors-seg.md §S6).
 
 Each dataset's archive holds its base-model weights and the released PRN weights; they are
 placed where the scripts look for them, derived from ``src/<ds>/dataset.toml``:

@@ -1,6 +1,6 @@
 """Pseudo-labels by region-specific thresholding (RST; IST when one patch covers the image).
 
-The authors' algorithm (reference R §11): cut each probability map into p×p patches; binarise
+The authors' algorithm (docs/authors-refine.md §R11): cut each probability map into p×p patches; binarise
 each patch at the threshold τ from a fixed grid (0.05, 0.10, …, 1.00) that maximises the patch's
 IoU against the ground truth; stitch the binarised patches back. This module is the one
 implementation used everywhere (generation, the kvasir "oracle" metric, tests, benchmarks).
@@ -63,7 +63,7 @@ def patch_pseudo_labels(prob, gt, patch_size: int, thresholds: Sequence[float] =
     """Binarise every p×p patch of ``prob`` at the grid threshold that maximises its IoU with ``gt``.
 
     prob: probabilities in [0, 1], H×W, N×H×W or N×H×W×1. gt: {0, 1} masks, same (N, H, W).
-    Semantics are the authors' (R §11.1):
+    Semantics are the authors' (docs/authors-refine.md §R11.1):
 
     - a pixel is foreground at τ iff ``prob > τ`` (strict), compared in prob's dtype: float32
       maps are compared with τ rounded to float32 — exactly what numpy does for

@@ -1,6 +1,6 @@
 """Patch-wise optimal-threshold pseudo-labels in torch, on any device (a GPU for large splits).
 
-The same labels as :mod:`data_utils.pseudo_labels` (the reference; reference R §11), bit for bit:
+The same labels as :mod:`data_utils.pseudo_labels` (the reference; docs/authors-refine.md §R11), bit for bit:
 the same threshold grid, compared in the same dtype (float32, float64 for float64 maps), the
 same IoU (I + 1)/(U + 1) in float32 from exact integer counts, the same tie-break (the first,
 lowest threshold attaining the maximum: ``torch.argmax`` returns the first maximal index, as

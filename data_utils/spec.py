@@ -64,7 +64,7 @@ def _check_positive(value: float, key: str) -> None:
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    """The authors' base-model training recipe (S §3).
+    """The authors' base-model training recipe (docs/authors-seg.md §S3).
 
     Plateau rule (applied after each epoch on ``monitor``): more than ``stop_after`` epochs
     without improvement stops; more than ``decay_after`` reloads the best weights and divides the
@@ -96,7 +96,7 @@ class TrainRecipe:
 
 @dataclass(frozen=True)
 class RefineRecipe:
-    """PatchRefineNet training settings and the released PRN checkpoint (R §7).
+    """PatchRefineNet training settings and the released PRN checkpoint (docs/authors-refine.md §R7).
 
     The released PRN weights live in ``src/<name>/refine-models/checkpoints/released/<checkpoint>``
     (:func:`released_checkpoint_dir`); ``checkpoint_aux_model`` is the grid they were trained for.
@@ -239,7 +239,7 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
     return DatasetSpec.from_dict(data, source=str(path))
 
 
-# --- where a dataset's files live (S §2.1) ------------------------------------------------------
+# --- where a dataset's files live (docs/authors-seg.md §S2.1) ------------------------------------------------------
 
 def seg_models_dir(spec: DatasetSpec, data_root: str | Path) -> Path:
     """``<data_root>/<name>/seg-models``: raw images, split CSVs, base-model test arrays."""
@@ -266,7 +266,7 @@ def layout_dirs(spec: DatasetSpec, data_root: str | Path, split: str) -> tuple[P
     """(image folder, mask folder) holding the files of ``split`` for the spec's layout.
 
     DeepGlobe and Kvasir keep every split in ``train/`` + ``train_labels/``; DUTS reads train from
-    the doubly nested ``DUTS-TR/DUTS-TR/`` and val/test from ``DUTS-TE/DUTS-TE/`` (S §2.1).
+    the doubly nested ``DUTS-TR/DUTS-TR/`` and val/test from ``DUTS-TE/DUTS-TE/`` (docs/authors-seg.md §S2.1).
     """
     root = seg_models_dir(spec, data_root)
     if spec.layout == "duts":

@@ -1,4 +1,4 @@
-"""The authors' train/val/test split rule (S §2.2), without scikit-learn, and the split CSV writer.
+"""The authors' train/val/test split rule (docs/authors-seg.md §S2.2), without scikit-learn, and the split CSV writer.
 
 The authors call scikit-learn's ``train_test_split(..., test_size=0.2, random_state=29)``. For a
 float ``test_size`` and no ``train_size`` that function computes (``_validate_shuffle_split``)

@@ -14,7 +14,7 @@ from data_utils.errors import InputError
 from patchrefinenet.models import (BASE_MODELS, DLinkNet34, PFANet, ResUNetPlusPlus, build_base_model,
                                    init_imagenet_backbone)
 
-# The authors' state_dicts (reference S, Appendix A), one "path shape" item per module:
+# The authors' state_dicts (docs/authors-seg.md §SA), one "path shape" item per module:
 # "64x3x7x7" is a weight shape, "+64" adds a bias of that length, "bn64" a BatchNorm2d(64)
 # (weight, bias, running_mean, running_var, num_batches_tracked).
 DINKNET34 = """

@@ -1,5 +1,5 @@
 """Checkpoints: our format, the authors' bare files, wrapped dicts, prefixes, every kind of bad file,
-strict loading with explanations, and the authors' exact P64/P4/P0 key lists (R Appendix A)."""
+strict loading with explanations, and the authors' exact P64/P4/P0 key lists (docs/authors-refine.md §RA)."""
 from __future__ import annotations
 
 import io
@@ -232,7 +232,7 @@ def appendix_a() -> list[tuple[str, tuple[int, ...]]]:
 
 
 def authors_state_dict(variant: str) -> dict[str, torch.Tensor]:
-    """A random state_dict with exactly the keys/shapes/dtypes of the authors' p0/p4/p64 file (R §5)."""
+    """A random state_dict with exactly the keys/shapes/dtypes of the authors' p0/p4/p64 file (docs/authors-refine.md §R5)."""
     g = torch.Generator().manual_seed(1)
     sd = {}
     for key, shape in appendix_a():

@@ -1,4 +1,4 @@
-"""Dataset specs, readers and preprocessing (S §2.3) on tiny datasets written in the real layouts."""
+"""Dataset specs, readers and preprocessing (docs/authors-seg.md §S2.3) on tiny datasets written in the real layouts."""
 from __future__ import annotations
 
 import dataclasses

@@ -32,7 +32,7 @@ def test_lattice_matches_exact_filter_up_to_documented_scale(channels, low, high
 
 
 def test_degree_matches_rloss_measurements_on_photos():
-    """rloss.md §1.2.7: mean lattice degree W·1 of 840–985 per pixel for skimage's astronaut, coffee and
+    """docs/rloss.md §L1.2.7: mean lattice degree W·1 of 840–985 per pixel for skimage's astronaut, coffee and
     chelsea resized to 513² and halved (nearest) to 256², σ_xy 50, σ_rgb 15 — rloss's own C++ lattice."""
     import cv2
     import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""PRN losses (R §6): hand-computed values, the combination, float32 under autocast, a training step,
+"""PRN losses (docs/authors-refine.md §R6): hand-computed values, the combination, float32 under autocast, a training step,
 and the authors' swapped argument order with its non-finite gradients."""
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def test_full_prn_loss_has_finite_gradients_and_a_short_step_along_minus_grad_lo
 
 
 def test_upstream_order_gives_l1_like_values_and_non_finite_gradients():
-    """The authors' call order (R §6.2–6.3): finite forward, ±inf/NaN backward."""
+    """The authors' call order (docs/authors-refine.md §R6.2–§R6.3): finite forward, ±inf/NaN backward."""
     _, y1, y2 = _toy_batch()
     p = torch.rand(2, 1, 32, 32, requires_grad=True)
     out = PRNLoss(upstream_order=True)(p, None, y1, y2)

@@ -29,7 +29,7 @@ def make(grid: int, width: int = 4, seed: int = 0, **kw) -> PRN:
 
 def loop_forward(model: PRN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The authors' forward: one encoder pass, the global path, then one local-decoder call per
-    patch, stitched row by row (R §3.3–§3.4). ``x`` must be a multiple of 8·G (no padding)."""
+    patch, stitched row by row (docs/authors-refine.md §R3.3–§R3.4). ``x`` must be a multiple of 8·G (no padding)."""
     G = model.config.grid
     x0, x1, x2, center = model.encoding(x)
     d = model.decode3_global(x2, center)

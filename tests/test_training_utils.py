@@ -1,4 +1,4 @@
-"""Shared engine pieces: the plateau rule (hand-traced against R §7), RNG snapshots, devices,
+"""Shared engine pieces: the plateau rule (hand-traced against docs/authors-refine.md §R7), RNG snapshots, devices,
 and the PRN dataset (one-image reads, the authors' augmentation, clear errors)."""
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _run(schedule: PlateauSchedule, losses, lr: float):
 
 
 def test_plateau_hand_trace_authors_defaults():
-    # R §7 with decay_after=4, stop_after=8: counter 5..8 decays (4 times), counter 9 stops.
+    # docs/authors-refine.md §R7 with decay_after=4, stop_after=8: counter 5..8 decays (4 times), counter 9 stops.
     # epoch:  1    2    3    4     5     6     7     8     9    10    11    12
     losses = [1.0, 0.9, 0.9, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95]
     s = PlateauSchedule(decay_after=4, stop_after=8, factor=1.1, min_lr=5e-8)

@@ -1,7 +1,7 @@
 """Write a generated dataset in the exact on-disk layout of the authors' ``data.zip``.
 
 The real readers, split files and scripts then run on the demo data unchanged (layouts in
-``reference/upstream-seg-models.md`` §2.1–2.2)::
+``docs/authors-seg.md`` §S2.1–§S2.2)::
 
     roads    <root>/deepglobe/seg-models/train/<id>_sat.jpg, train_labels/<id>_mask.png,
              {train,val,test}.csv                      (every split lives in train/)

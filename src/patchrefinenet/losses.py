@@ -1,7 +1,7 @@
-"""PRN losses (R §6) in the intended (prediction, target) argument order.
+"""PRN losses (docs/authors-refine.md §R6) in the intended (prediction, target) argument order.
 
-The authors call every loss as ``loss(target, prediction)`` (R §6.2). Their forward values are
-then L1-like and the gradients ±inf/NaN, so all weights are non-finite after one step (R §6.3).
+The authors call every loss as ``loss(target, prediction)`` (docs/authors-refine.md §R6.2). Their forward values are
+then L1-like and the gradients ±inf/NaN, so all weights are non-finite after one step (docs/authors-refine.md §R6.3).
 Here the prediction always comes first; ``PRNLoss(upstream_order=True)`` reproduces the swapped
 order for analysis only. All losses compute in float32 (or float64 for float64 inputs), also
 under autocast.
@@ -45,7 +45,7 @@ def laplacian_edges(z: torch.Tensor) -> torch.Tensor:
     """Edge map E(z) = ReLU(tanh(K ⋆ z)), K the 3×3 Laplacian (8 centre, −1 around), zero padding 1.
 
     (B, 1, H, W) -> (B, 1, H, W) in [0, 1). Zero padding makes masks touching the border give
-    edges along the border (R §6.3), as in the authors' loss.
+    edges along the border (docs/authors-refine.md §R6.3), as in the authors' loss.
     """
     k = torch.full((1, 1, 3, 3), -1.0, device=z.device, dtype=z.dtype)
     k[0, 0, 1, 1] = 8.0
@@ -53,7 +53,7 @@ def laplacian_edges(z: torch.Tensor) -> torch.Tensor:
 
 
 class RegionSpecificLoss(nn.Module):
-    """RS(p, y) = alpha_rst·focal + (1 − alpha_rst)·BCE(E(p), E(y)) (R §6.1, intended order).
+    """RS(p, y) = alpha_rst·focal + (1 − alpha_rst)·BCE(E(p), E(y)) (docs/authors-refine.md §R6.1, intended order).
 
     focal = mean((1 − alpha_f)·(1 − p_t)^gamma·BCE(p, y)) with p_t = exp(−BCE): a **constant**
     weight 1 − alpha_f (the authors' alpha_f is not a class weight). E is :func:`laplacian_edges`.
@@ -81,7 +81,7 @@ class RegionSpecificLoss(nn.Module):
 
 
 class RegularizationLoss(nn.Module):
-    """Weighted BCE: mean(−w_fg·y·ln max(p, ε) − w_bg·(1 − y)·ln max(1 − p, ε)) (R §6.1, intended order).
+    """Weighted BCE: mean(−w_fg·y·ln max(p, ε) − w_bg·(1 − y)·ln max(1 − p, ε)) (docs/authors-refine.md §R6.1, intended order).
 
     The authors write ln(p + ε) and ln(1 − p + ε) with ε = 1e-15. In float32 adding ε changes
     nothing unless the argument is below ~1e-8 (1 − p is either 0 or ≥ 6e-8), so ln max(·, ε)
@@ -106,7 +106,7 @@ class RegularizationLoss(nn.Module):
 
 
 class PRNLoss(nn.Module):
-    """The authors' training objective for PRN (R §6.2), in the intended (prediction, target) order.
+    """The authors' training objective for PRN (docs/authors-refine.md §R6.2), in the intended (prediction, target) order.
 
     grid 0:  loss = rs_weight·RS(p, pseudo) + reg_weight·Reg(p, gt)
     grid > 0: loss = rs_weight·(gw·RS(p_g, pseudo) + lw·RS(p_l, pseudo))
@@ -114,7 +114,7 @@ class PRNLoss(nn.Module):
     with gw, lw = global_weight, local_weight (0.5 each). Both heads see the same targets.
 
     ``upstream_order=True`` calls RS(pseudo, p) and Reg(gt, p) as the authors' train.py does —
-    for analysis only: its gradients are non-finite (R §6.3) and training with it destroys the model.
+    for analysis only: its gradients are non-finite (docs/authors-refine.md §R6.3) and training with it destroys the model.
     ``check_values`` goes to both losses (module docstring); the engine passes False.
     """
 

@@ -39,7 +39,7 @@ class SegmentationMeter:
     Definitions (TP, FP, FN counted with pred = prob > threshold; s = ``smooth``):
 
     - ``pooled_iou``: (TP + s)/(TP + FP + FN + s) with counts summed over every pixel of the
-      dataset — the authors' reported "mIoU" (a micro IoU with +1 smoothing, R §10).
+      dataset — the authors' reported "mIoU" (a micro IoU with +1 smoothing, docs/authors-refine.md §R10).
     - ``mean_iou``: mean over images of each image's (TP + s)/(TP + FP + FN + s) (same +s
       smoothing; an image with empty GT and empty prediction scores 1, also with s = 0).
     - ``dice``: pooled 2TP/(2TP + FP + FN); 1.0 when GT and prediction are empty everywhere.
@@ -183,7 +183,7 @@ def pooled_iou(pred_binary, gt, smooth: float = 1.0) -> float:
 def oracle_image_iou(prob, gt, thresholds=DEFAULT_THRESHOLDS) -> float:
     """Mean over images of each image's best (I+1)/(U+1) over the threshold grid.
 
-    The authors' kvasir "base mIoU" (R §13 †, §15.7): an oracle that picks the best threshold per
+    The authors' kvasir "base mIoU" (docs/authors-refine.md §R13 †, §R15.7): an oracle that picks the best threshold per
     image using the GT, so it is an upper bound for the base model, not comparable with a pooled
     IoU at 0.5. Same search as the P0/IST pseudo-labels (one patch per image).
     """

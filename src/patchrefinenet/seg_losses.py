@@ -1,4 +1,4 @@
-"""Training losses of the base segmentation models (S §3).
+"""Training losses of the base segmentation models (docs/authors-seg.md §S3).
 
 Both take ``(pred_prob, target)`` in that order: probabilities after the sigmoid (not logits)
 and a {0,1} (or soft, for DUTS) target of the same shape, and compute in float32 whatever the

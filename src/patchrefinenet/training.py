@@ -2,7 +2,7 @@
 
 - reproducibility: :func:`seed_everything`, :func:`capture_rng_state` / :func:`restore_rng_state`
   (plain Python containers, so a resume file loads with ``torch.load(weights_only=True)``);
-- the authors' plateau rule (R §7, S §3): :class:`PlateauSchedule`;
+- the authors' plateau rule (docs/authors-refine.md §R7, docs/authors-seg.md §S3): :class:`PlateauSchedule`;
 - devices and mixed precision: :func:`resolve_device`, :func:`autocast_context`;
 - CPU threads: :func:`configure_threads` (physical cores, fewer under a competing load),
   :func:`choose_threads` (the pure decision);
@@ -90,7 +90,7 @@ class Decision:
 
 
 class PlateauSchedule:
-    """The authors' checkpoint / LR-decay / early-stop rule on a monitored value (R §7, S §3).
+    """The authors' checkpoint / LR-decay / early-stop rule on a monitored value (docs/authors-refine.md §R7, docs/authors-seg.md §S3).
 
     After each epoch, :meth:`step` applies in this order:
 

@@ -1,5 +1,5 @@
 """``src/<ds>/seg-models/calculate_base_iou.py`` (Kvasir also ``calculate_base_miou.py``): score the
-base model's test predictions (S §4).
+base model's test predictions (docs/authors-seg.md §S4).
 
 Reads ``test_input.npy`` + ``test_orig_gt.npy`` from ``data/<ds>/refine-models/<model>/`` (or the
 authors' copies in ``data/<ds>/seg-models/``), logs ``Base Test mIoU before Refinement = ...``

@@ -1,5 +1,5 @@
 """``src/<ds>/seg-models/generate_aux_training_data.py``: write the base model's probability maps
-and ground truth for PatchRefineNet (S §5.1).
+and ground truth for PatchRefineNet (docs/authors-seg.md §S5.1).
 
 val → ``val_pred.npy`` + ``val_orig_gt.npy`` (PRN's training set), test → ``test_input.npy`` +
 ``test_orig_gt.npy``, all N×P×P×1 float32 in ``data/<ds>/refine-models/<model>/``; deterministic

@@ -1,4 +1,4 @@
-"""``src/<ds>/seg-models/generate_rst.py``: patch-wise optimal-threshold pseudo-labels (RST, S §5.2).
+"""``src/<ds>/seg-models/generate_rst.py``: patch-wise optimal-threshold pseudo-labels (RST, docs/authors-seg.md §S5.2).
 
 From ``val_pred.npy`` / ``val_orig_gt.npy`` writes ``train_aux_gt_p_<P>.npy`` (PRN's training
 targets) and from the test arrays ``test_aux_gt_p_<P>.npy``, each with the chosen threshold per

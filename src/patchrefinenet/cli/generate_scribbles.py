@@ -1,4 +1,4 @@
-"""``src/<ds>/seg-models/generate_scribbles.py``: synthetic scribbles for weak supervision (rloss.md §1.3).
+"""``src/<ds>/seg-models/generate_scribbles.py``: synthetic scribbles for weak supervision (docs/rloss.md §L1.3).
 
 For every sample of the chosen splits, writes ``<data_root>/<ds>/seg-models/scribbles/<mask file
 stem>.png`` (0 = background, 1 = foreground, 255 = unlabelled; the mask's size) with

@@ -1,4 +1,4 @@
-"""``src/<ds>/refine-models/predict.py``: evaluate a trained PatchRefineNet on the test maps (R §9).
+"""``src/<ds>/refine-models/predict.py``: evaluate a trained PatchRefineNet on the test maps (docs/authors-refine.md §R9).
 
 Writes ``logs/<aux>/<aux>_predict_log.log`` (appended; holds ``Total mIoU after Refinement = ...``),
 ``logs/<aux>/<aux>_predict_metrics.json`` and, on request, masks, probabilities and a figure under

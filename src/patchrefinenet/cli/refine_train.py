@@ -1,4 +1,4 @@
-"""``src/<ds>/refine-models/train.py``: train PatchRefineNet on the base model's validation maps (R §7).
+"""``src/<ds>/refine-models/train.py``: train PatchRefineNet on the base model's validation maps (docs/authors-refine.md §R7).
 
 Also holds what both refine-models scripts share: the flags (``--base_model``, ``--aux_model`` /
 ``--patch_size``, ``--checkpoint``, ``--config``, ``--data_root``, ``--output_root``, ``--device``,
@@ -141,7 +141,7 @@ def _parser(script_file: str) -> argparse.ArgumentParser:
     parser.add_argument("--augment", type=str2bool, default=True, help="flips + rot90 as the authors (default: True)")
     parser.add_argument("--width", type=int, default=32, help="PRN base width (authors: 32)")
     parser.add_argument("--row7_quirk", type=str2bool, default=False,
-                        help="the authors' P64 row-7 wiring (R §3.4); only for fine-tuning their p64 file")
+                        help="the authors' P64 row-7 wiring (docs/authors-refine.md §R3.4); only for fine-tuning their p64 file")
     parser.add_argument("--residual", type=str2bool, default=False,
                         help="heads add a correction to the logit of the base probability, starting from zero "
                              "(PRN begins as the base map; not in the paper, default: False)")

@@ -1,4 +1,4 @@
-"""``src/<ds>/seg-models/train.py``: train the dataset's base segmentation model (S §3), from the
+"""``src/<ds>/seg-models/train.py``: train the dataset's base segmentation model (docs/authors-seg.md §S3), from the
 full masks (default) or from scribbles with a regularised loss (``--supervision scribbles``, rloss).
 
 Also holds the arguments every seg-models script shares (``--model``, ``--config``,

@@ -4,7 +4,7 @@ On the dataset the pipeline's ``data`` stage wrote, :func:`run_weak`
 
 1. draws scribbles for the train split (``generate_scribbles.py``; a few % of the pixels labelled);
 2. trains the base model from them twice with ``train.py --supervision scribbles`` — partial
-   cross-entropy alone, and pCE + the DenseCRF loss (rloss.md §1.3–§1.4) — with the demo's sizes,
+   cross-entropy alone, and pCE + the DenseCRF loss (docs/rloss.md §L1.3–§L1.4) — with the demo's sizes,
    epochs and seed; validation (model selection, early stopping) uses the full val masks, as rloss;
 3. for each, writes the base probability maps and scores them (``generate_aux_training_data.py``,
    ``calculate_base_iou.py``), and for the DenseCRF base also makes p64 pseudo-labels and trains

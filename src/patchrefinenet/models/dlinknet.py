@@ -1,4 +1,4 @@
-"""D-LinkNet34: the DeepGlobe road-extraction base model (S §1.1).
+"""D-LinkNet34: the DeepGlobe road-extraction base model (docs/authors-seg.md §S1.1).
 
 A ResNet-34 encoder, a centre of cascaded dilated convolutions summed with their input, and a
 LinkNet decoder whose blocks add the encoder feature of the same scale. Attribute names

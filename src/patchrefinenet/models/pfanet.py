@@ -1,4 +1,4 @@
-"""PFANet: the DUTS saliency base model (S §1.3; "Pyramid Feature Attention Network", CVPR 2019).
+"""PFANet: the DUTS saliency base model (docs/authors-seg.md §S1.3; "Pyramid Feature Attention Network", CVPR 2019).
 
 VGG-16 features feed two paths: context-aware pyramid features (CPFE) on conv3_3/4_3/5_3,
 re-weighted by channel attention, give the high-level map H; conv1_2/conv2_2 give the low-level

@@ -1,8 +1,8 @@
 """PRN: one PatchRefineNet for every patch grid (the authors' ThreshNetP0/P4/P64 in one class).
 
 The local decoder is shared by all G×G patches, so instead of the authors' per-patch loop the
-patches are folded into the batch dimension, decoded in one call and folded back (R §3.5).
-Spec: R §2–§4 (architecture, quirk, BatchNorm), §5 + Appendix A (state_dict keys), §15.5 (P4 naming).
+patches are folded into the batch dimension, decoded in one call and folded back (docs/authors-refine.md §R3.5).
+Spec: docs/authors-refine.md §R2–§R4 (architecture, quirk, BatchNorm), §R5 + §RA (state_dict keys), §R15.5 (P4 naming).
 """
 from __future__ import annotations
 
@@ -35,12 +35,12 @@ __all__ = [
     "resolve_grid",
 ]
 
-# The authors' ThreshNetP4 names its heads conv_last_*; ThreshNetP64 (and PRN) use out_* (R §3.3).
+# The authors' ThreshNetP4 names its heads conv_last_*; ThreshNetP64 (and PRN) use out_* (docs/authors-refine.md §R3.3).
 AUTHORS_P4_RENAMES = {"conv_last_global.": "out_global.", "conv_last_local.": "out_local."}
 
 log = logging.getLogger("patchrefinenet")
 
-_QUIRK_GRID, _QUIRK_ROW, _QUIRK_SOURCE_ROW = 8, 6, 2  # P64: patch row 6 takes its x1 cell from row 2 (R §3.4)
+_QUIRK_GRID, _QUIRK_ROW, _QUIRK_SOURCE_ROW = 8, 6, 2  # P64: patch row 6 takes its x1 cell from row 2 (docs/authors-refine.md §R3.4)
 _RESIDUAL_EPS = 1e-4  # residual heads: base probabilities are clamped to [eps, 1 - eps] before the logit
 
 
@@ -50,7 +50,7 @@ class PRNConfig:
 
     grid: G; the local decoder runs on a G×G patch grid. 0 = global decoder only (the authors' P0).
     width: base channels w; the encoder has w, 2w, 4w, 8w channels, PSP on 8w (paper: 32).
-    row7_quirk: the authors' P64 wiring (patch row 6 reads its x1 skip from row 2, R §3.4); G = 8 only.
+    row7_quirk: the authors' P64 wiring (patch row 6 reads its x1 skip from row 2, docs/authors-refine.md §R3.4); G = 8 only.
     global_head_kernel: 1 (the authors' P0) or 3 (P4/P64); None derives it from ``grid``.
     in_channels: channels of the input probability map.
     residual: False = the authors' heads (sigmoid of a conv). True = each head adds its conv output
@@ -176,7 +176,7 @@ class PRN(nn.Module):
     forward(x: (B, 1, H, W) probabilities) -> (global_prob, local_prob), each (B, 1, H, W) in (0, 1);
     ``local_prob`` is None when ``grid == 0``.
 
-    Architecture (R §2–§3): a recurrent-residual encoder with PSP bottleneck runs once on the whole
+    Architecture (docs/authors-refine.md §R2–§R3): a recurrent-residual encoder with PSP bottleneck runs once on the whole
     image; global decoders + head decode the whole image; if G > 0, one local decoder + head,
     shared by all G×G patches, decodes each patch from the encoder features of its own cell only
     (3×3 convs zero-pad at patch borders). Patches are folded into the batch, so the local
@@ -193,7 +193,7 @@ class PRN(nn.Module):
     BatchNorm: ``model.eval()`` uses running stats. :meth:`set_batch_statistics` (or the
     :func:`batch_statistics` context manager) makes every BN use the current call's statistics,
     per patch group in the local decoder — the authors' inference, which never called eval()
-    (R §4). In train mode, statistics are pooled over the whole folded batch by default; with the
+    (docs/authors-refine.md §R4). In train mode, statistics are pooled over the whole folded batch by default; with the
     switch on they are per patch group, and running stats receive the authors' G² sequential
     updates, i.e. exactly their per-patch training.
 
@@ -387,7 +387,7 @@ def resolve_grid(aux_model: str | None = None, patch_size: int | None = None, im
 
 @functools.lru_cache(maxsize=None)
 def _authors_layout(variant: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """(key, shape) of every entry of the authors' bare ``variant`` file (R §5, Appendix A), in order.
+    """(key, shape) of every entry of the authors' bare ``variant`` file (docs/authors-refine.md §R5, Appendix A), in order.
 
     Their files are our PRN at width 32 with one input channel; p4 names its heads ``conv_last_*``.
     """
@@ -404,10 +404,10 @@ def _authors_layout(variant: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
 
 
 def infer_authors_variant(state_dict: dict[str, torch.Tensor]) -> tuple[str | None, PRNConfig]:
-    """Which of the authors' models a bare state_dict is (R §5), and the PRN config its weights imply.
+    """Which of the authors' models a bare state_dict is (docs/authors-refine.md §R5), and the PRN config its weights imply.
 
-    ``"p4"`` (ThreshNetP4: grid 4, R §15.5), ``"p64"`` (grid 8 with ``row7_quirk=True``, as their
-    checkpoints were trained, R §3.4) or ``"p0"`` (grid 0) only when every key and shape is that of
+    ``"p4"`` (ThreshNetP4: grid 4, docs/authors-refine.md §R15.5), ``"p64"`` (grid 8 with ``row7_quirk=True``, as their
+    checkpoints were trained, docs/authors-refine.md §R3.4) or ``"p0"`` (grid 0) only when every key and shape is that of
     their file. Otherwise ``None`` (e.g. a bare state_dict of our own PRN, another width): the config
     then has the width, input channels and head kernel of the weights, grid 8 if they hold a local
     decoder (a bare file does not record its grid; :func:`load_prn` takes the caller's) and no quirk.

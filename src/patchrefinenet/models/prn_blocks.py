@@ -1,7 +1,7 @@
-"""Building blocks of PRN (R §2) and the BatchNorm that can use per-patch batch statistics (R §3.5, §4).
+"""Building blocks of PRN (docs/authors-refine.md §R2) and the BatchNorm that can use per-patch batch statistics (docs/authors-refine.md §R3.5, §R4).
 
 Attribute names and ``nn.Sequential`` slot indices follow the authors' ``network.py`` exactly, so
-their state_dict keys (R Appendix A) load without renaming: e.g. ``Up.up.1`` is the up-conv's
+their state_dict keys (docs/authors-refine.md §RA) load without renaming: e.g. ``Up.up.1`` is the up-conv's
 convolution and ``Up.up.2`` its BatchNorm, because the parameter-free Upsample keeps slot 0.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ class PatchBatchNorm2d(nn.BatchNorm2d):
 
     On (``batch_statistics = True``, set through :func:`set_batch_statistics`): every call is
     normalised with the current call's statistics, also in eval mode, as the authors' inference
-    did (R §4). With ``groups = P > 1`` the input is a folded batch ``(B·P, C, h, w)`` whose row
+    did (docs/authors-refine.md §R4). With ``groups = P > 1`` the input is a folded batch ``(B·P, C, h, w)`` whose row
     ``b·P + p`` holds patch ``p`` of image ``b``; the statistics are then computed per patch group,
     over the B images × h × w positions of that patch, separately for each of the P patches — what
     the authors' per-patch decoder loop computed. Vectorised: the folded batch is viewed as
@@ -142,7 +142,7 @@ def batch_statistics(module: nn.Module, enabled: bool = True) -> Iterator[nn.Mod
     """Context manager: batch-statistics BatchNorm inside the block, previous settings restored after.
 
     ``with batch_statistics(model): global_prob, local_prob = model(x)`` reproduces the authors'
-    inference, which never called ``model.eval()`` (R §4): every BN uses the call's statistics,
+    inference, which never called ``model.eval()`` (docs/authors-refine.md §R4): every BN uses the call's statistics,
     per patch group in the local decoder, and (in eval mode) running stats stay untouched.
     """
     norms = [m for m in module.modules() if isinstance(m, PatchBatchNorm2d)]
@@ -159,7 +159,7 @@ def batch_statistics(module: nn.Module, enabled: bool = True) -> Iterator[nn.Mod
 class ResidualBlock(nn.Module):
     """The authors' recurrent block: one conv+BN+ReLU ``f`` applied 3 times, h = f(x + f(x + f(x))).
 
-    (B, ch, H, W) -> (B, ch, H, W). No identity is added at the output (R §2.1).
+    (B, ch, H, W) -> (B, ch, H, W). No identity is added at the output (docs/authors-refine.md §R2.1).
     """
 
     def __init__(self, ch: int) -> None:
@@ -221,7 +221,7 @@ class AttentionGate(nn.Module):
 
 class PSPModule(nn.Module):
     """Pyramid pooling: pool to s×s (s = 1, 2, 4, 8), 1×1 conv, bilinear resize back (align_corners=False),
-    concat [stages..., input], 1×1 bottleneck, ReLU. (B, ch, H, W) -> (B, ch, H, W); no BN (R §2.1)."""
+    concat [stages..., input], 1×1 bottleneck, ReLU. (B, ch, H, W) -> (B, ch, H, W); no BN (docs/authors-refine.md §R2.1)."""
 
     def __init__(self, ch: int, sizes: tuple[int, ...] = (1, 2, 4, 8)) -> None:
         super().__init__()
@@ -238,7 +238,7 @@ class PSPModule(nn.Module):
 
 
 class Encoder(nn.Module):
-    """The authors' ``ThreshNetEncoder`` with base width w (32 in the paper), R §2.2.
+    """The authors' ``ThreshNetEncoder`` with base width w (32 in the paper), docs/authors-refine.md §R2.2.
 
     (B, in_ch, H, W) -> x0 (B, w, H, W), x1 (B, 2w, H/2, W/2), x2 (B, 4w, H/4, W/4),
     center (B, 8w, H/8, W/8). H and W must be multiples of 8.
@@ -264,7 +264,7 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """The authors' ``ThreshNetDecoder(in_ch, out_ch)``: upsample the deep features, gate the skip with them,
-    then an RRCNN block on concat[gated skip, upsampled] (R §2.3).
+    then an RRCNN block on concat[gated skip, upsampled] (docs/authors-refine.md §R2.3).
 
     skip (B, out_ch, 2h, 2w), deep (B, in_ch, h, w) -> (B, out_ch, 2h, 2w); in_ch = 2·out_ch.
     """

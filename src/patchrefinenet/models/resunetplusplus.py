@@ -1,4 +1,4 @@
-"""ResUNet++: the Kvasir-SEG polyp base model (S §1.4), trained from scratch.
+"""ResUNet++: the Kvasir-SEG polyp base model (docs/authors-seg.md §S1.4), trained from scratch.
 
 Residual encoder blocks with squeeze-and-excitation, an ASPP bridge, attention-gated decoder
 skips and an ASPP head. With the default ``filters`` the attribute names and shapes reproduce

@@ -1,4 +1,4 @@
-"""The PRN engine (R §7–§9): data (:mod:`.data`), training (:mod:`.train`), inference (:mod:`.predict`).
+"""The PRN engine (docs/authors-refine.md §R7–§R9): data (:mod:`.data`), training (:mod:`.train`), inference (:mod:`.predict`).
 
     from patchrefinenet.refine import RefineTrainConfig, train_prn, RefinePredictConfig, predict_prn
 """

@@ -4,7 +4,7 @@ The authors load whole splits into RAM (10+ GB for DUTS). Here every array stays
 ``.npy`` header is parsed once and each item reads exactly one H×W map with ``os.pread``, so the
 process' resident memory does not grow with N (a memory map would, as its pages are touched).
 
-Augmentation is the authors' (R §8): horizontal flip, vertical flip, rotation by 90°
+Augmentation is the authors' (docs/authors-refine.md §R8): horizontal flip, vertical flip, rotation by 90°
 counter-clockwise, each with p = 0.5, in that order, identical on all arrays of an item. The
 draws come from ``numpy.random.default_rng((seed, epoch, index))``, so an epoch's augmentations
 do not depend on the worker count, the visiting order or an interruption: a resumed run sees

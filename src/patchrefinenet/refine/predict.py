@@ -1,4 +1,4 @@
-"""PRN inference on the test arrays and the authors' head combination (R §9).
+"""PRN inference on the test arrays and the authors' head combination (docs/authors-refine.md §R9).
 
 For every test map the PRN's outputs become a mask by an output rule (docs/refiner.md): the
 rule chosen on held-out maps when the PRN was trained (stored in its checkpoint), or ``--rule``,
@@ -9,7 +9,7 @@ the base model's input at 0.5, so the gain of refinement is read off one JSON fi
 
 BatchNorm: by default the model runs in eval mode (running statistics). ``batch_stats=True`` is
 the authors' inference, which never called ``model.eval()``: every BatchNorm uses the current
-call's statistics, per patch in the local decoder (R §4) — needed to reproduce their numbers.
+call's statistics, per patch in the local decoder (docs/authors-refine.md §R4) — needed to reproduce their numbers.
 The test pseudo-labels the authors loaded (and never used) are not needed.
 """
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _load_model(cfg: RefinePredictConfig, grid: int, path: Path, device: torch.d
         if ck.source == "patchrefinenet":
             raise InputError(f"{path} was trained with grid {got} (p{got * got}) but --aux_model/--patch_size asks for "
                              f"grid {grid} (p{grid * grid}); use --aux_model p{got * got} or the matching checkpoint")
-        why = " (the authors' ThreshNetP4, p4_weights.th, decodes 4×4 patches, R §15.5)" if got == 4 else ""
+        why = " (the authors' ThreshNetP4, p4_weights.th, decodes 4×4 patches, docs/authors-refine.md §R15.5)" if got == 4 else ""
         log.warning("%s is the authors' file for a %d×%d grid (p%d), not grid %d: evaluating it on its own grid%s",
                     path, got, got, got * got, grid, why)
     model.to(device)

@@ -1,4 +1,4 @@
-"""PRN training (R §7): Adam, the authors' plateau rule on the training loss, atomic checkpoints,
+"""PRN training (docs/authors-refine.md §R7): Adam, the authors' plateau rule on the training loss, atomic checkpoints,
 bit-exact resume, and ``torchrun`` data parallelism.
 
 One epoch = one pass over the validation-split arrays of the base model (``val_pred.npy``), with
@@ -10,11 +10,11 @@ epoch with everything needed to continue (optimizer, schedule, history, RNG, lr)
 ends with the weights an uninterrupted one would have (bit for bit on CPU; on CUDA up to the
 nondeterminism of cuDNN kernels).
 
-Deliberate differences from the authors: the loss takes (prediction, target) (R §6.3, their order
+Deliberate differences from the authors: the loss takes (prediction, target) (docs/authors-refine.md §R6.3, their order
 is ``upstream_order=True``); the epoch loss is the mean of per-batch float losses (not a
-graph-carrying sum divided by floor(N/B), R §15.14); a seed drives initialisation, shuffling and
+graph-carrying sum divided by floor(N/B), docs/authors-refine.md §R15.14); a seed drives initialisation, shuffling and
 augmentation. As the authors, the local decoder's BatchNorm uses per-patch statistics in training
-(``patch_bn_stats``, R §4 / §15.4).
+(``patch_bn_stats``, docs/authors-refine.md §R4 / §R15.4).
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ class RefineTrainConfig:
 
     data_dir holds ``val_pred.npy``, ``val_orig_gt.npy`` and the pseudo-labels; output_root gets
     ``checkpoints/<aux>/`` and ``logs/<aux>/``. The grid comes from ``aux_model`` (``p0``, ``p4``,
-    ``p16``, ``p64``, ...) or ``patch_size`` (pixels). Defaults are the authors' (R §7).
+    ``p16``, ``p64``, ...) or ``patch_size`` (pixels). Defaults are the authors' (docs/authors-refine.md §R7).
     ``max_batches_per_epoch`` truncates epochs (smoke tests); ``init_checkpoint`` starts from
     existing weights (ours or the authors' bare files); ``resume`` continues ``<aux>_last.th``.
     """
@@ -548,7 +548,7 @@ class _Run:
 
 
 def _iou_counts(prob: torch.Tensor, gt: torch.Tensor) -> list[torch.Tensor]:
-    """[|P∩Y|, |P∪Y|] with P = prob ≥ 0.5 (the authors' training-log threshold, R §10)."""
+    """[|P∩Y|, |P∪Y|] with P = prob ≥ 0.5 (the authors' training-log threshold, docs/authors-refine.md §R10)."""
     pred = prob.detach() >= 0.5
     truth = gt >= 0.5
     inter = (pred & truth).sum()

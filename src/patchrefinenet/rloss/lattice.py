@@ -10,7 +10,7 @@ Scale and normalisation. The filter is *unnormalised* and includes each pixel's 
 exactly like rloss's ``bilateralfilter`` (same elevation, rounding, rank fix-up, barycentric
 weights, blur with weights ½·1·½ along each of the ``d+1`` axes in turn, slice with
 ``α = 1/(1 + 2^-d)``). Its output is a fraction of the exact Gaussian sum (:mod:`.dense`) that
-depends on the feature dimension: ≈ 0.55–0.65 for RGBXY (d = 5; rloss.md §2b measured 0.56–0.62
+depends on the feature dimension: ≈ 0.55–0.65 for RGBXY (d = 5; docs/rloss.md §L2b measured 0.56–0.62
 on photos), ≈ 0.78 for grayscale+XY (d = 3), ≈ 0.87 for XY only (d = 2), with cosine > 0.99
 between the two filtered fields (the per-pixel ratio varies, 0.4–0.95 for d = 5). Loss weights
 therefore do not transfer unchanged between this lattice and the exact filter; normalised losses

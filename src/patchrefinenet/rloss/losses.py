@@ -122,7 +122,7 @@ class DenseCRFLoss(_AffinityLoss):
     ``mode="raw"`` is rloss's value ``−(1/B) Σ_b Σ_k S̃_kᵀ W S̃_k`` (S̃ = R ⊙ S): negative, because
     the paper's energy ``Σ_k S_kᵀ W (1 − S_k) = 1ᵀW1 − Σ_k S_kᵀ W S_k`` drops the constant ``1ᵀW1``.
     With the lattice backend it reproduces rloss's filter (same lattice; e.g. the mean degree W·1
-    on rloss.md's test photos is 840–985 as measured with rloss's C++), so the published settings
+    on the test photos of docs/rloss.md §L1.2.7 is 840–985 as measured with rloss's C++), so the published settings
     carry over (weight 2e-9, σ_rgb 15, σ_xy 100, scale 0.5, image in [0, 255]). The value grows with
     pixel count × kernel mass (≈ scale⁴ · σ_xy²); the exact backend gives ≈ 1/0.6 × larger values.
 

@@ -1,4 +1,4 @@
-"""The base-model engine (S §3–§5): train a base segmentation model with the authors' recipe,
+"""The base-model engine (docs/authors-seg.md §S3–§S5): train a base segmentation model with the authors' recipe,
 load any base checkpoint, write the probability maps PatchRefineNet reads, make the RST
 pseudo-labels, and score the base model on the test split.
 

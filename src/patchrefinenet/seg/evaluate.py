@@ -1,8 +1,8 @@
-"""Score the base model on the test split from its saved probability maps (S §4).
+"""Score the base model on the test split from its saved probability maps (docs/authors-seg.md §S4).
 
 The authors' number for DeepGlobe and DUTS is one IoU pooled over every test pixel at
 prob > 0.5 with +1 smoothing; for Kvasir their script (through a name clash) logged the mean
-per-image IoU at the best threshold chosen **with the test ground truth** (S §4, §8.17). We
+per-image IoU at the best threshold chosen **with the test ground truth** (docs/authors-seg.md §S4, §S8.17). We
 report the pooled IoU at 0.5 for every dataset (the same metric PRN is scored with), next to
 the per-image mean IoU, Dice, precision, recall, MAE, max F for saliency (DUTS), and the oracle
 number, labelled as such.

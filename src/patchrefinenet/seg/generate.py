@@ -1,12 +1,12 @@
 """Run a trained base model: load it from any checkpoint, write the arrays PatchRefineNet reads,
-and make the patch-wise pseudo-labels (S §5, R §11).
+and make the patch-wise pseudo-labels (docs/authors-seg.md §S5, docs/authors-refine.md §R11).
 
 * :func:`load_base_model` — our checkpoints and the authors' files (bare state_dicts, sairajk's
   PFANet dict with the weights under ``"model"``), always weights-only, mapped to CPU first.
 * :func:`generate_aux_arrays` — base probabilities and ground truth of the val and test splits
   as N×P×P×1 float32 ``.npy`` files (P = ``spec.prn_size``), streamed into memory-maps so peak
   memory does not grow with N. Deterministic: eval mode, no augmentation (the authors' Kvasir
-  script used its training loader and flipped images at random, S §8.22), and the test arrays
+  script used its training loader and flipped images at random, docs/authors-seg.md §S8.22), and the test arrays
   are made the same way as the val arrays (the authors ship them without a generator).
 * :func:`generate_rst` — RST pseudo-labels per patch size, from the val arrays (PRN's training
   targets) and from the test arrays (for analysis), plus the chosen threshold per patch.
@@ -70,7 +70,7 @@ def base_checkpoint_candidates(spec: DatasetSpec, model_name: str, output_root: 
     ``<output_root>/checkpoints/<model>/<model>_weights.th`` (what ``train.py`` writes), then the
     released file named in the dataset config under ``checkpoints/released/`` (where ``download.py``
     puts it; for DUTS sairajk's PFANet file), then that name in ``checkpoints/<model>/`` (where
-    older versions put it). A model trained here is used without renaming anything (S §8.6)."""
+    older versions put it). A model trained here is used without renaming anything (docs/authors-seg.md §S8.6)."""
     folder = Path(output_root) / "checkpoints" / model_name
     paths = [folder / f"{model_name}_weights.th"]
     if model_name == spec.base_model:
@@ -106,7 +106,7 @@ def held_model(loaded: LoadedCheckpoint) -> str | None:
 def read_base_checkpoint(path: str | os.PathLike, model_name: str) -> LoadedCheckpoint:
     """Load a base-model checkpoint (CPU, weights-only) and check that it holds ``model_name``.
 
-    NumPy scalars are allow-listed (sairajk's PFANet file stores its MAE as one; S §1.3).
+    NumPy scalars are allow-listed (sairajk's PFANet file stores its MAE as one; docs/authors-seg.md §S1.3).
     A file holding another network raises :class:`InputError` naming both.
     """
     loaded = load_checkpoint(path, map_location="cpu", allow_numpy_scalars=True)
@@ -190,12 +190,12 @@ def generate_aux_arrays(spec: DatasetSpec, model_name: str, *, data_root: str | 
                         output_root: str | os.PathLike | None = None, device: str | torch.device = "auto",
                         splits: Sequence[str] = ("val", "test"), batch_size: int = 4, num_workers: int = 0,
                         progress: bool = True, compile: bool = False) -> dict[str, dict]:
-    """Write the base model's probabilities and the ground truth for PRN (S §5.1).
+    """Write the base model's probabilities and the ground truth for PRN (docs/authors-seg.md §S5.1).
 
     For each split in ``splits``: val → ``val_pred.npy`` + ``val_orig_gt.npy``, test →
     ``test_input.npy`` + ``test_orig_gt.npy``, in ``<data_root>/<ds>/refine-models/<model>/``,
     each N×P×P×1 float32 in CSV row order (predictions in [0, 1], ground truth in {0, 1};
-    DUTS: 256-px predictions replicated 2×2 to 512, S §5.1). ``checkpoint`` defaults to
+    DUTS: 256-px predictions replicated 2×2 to 512, docs/authors-seg.md §S5.1). ``checkpoint`` defaults to
     :func:`find_base_checkpoint` under ``output_root``. Returns per split the image count and
     the two paths. ``compile``: run the model through ``torch.compile`` (opt-in).
     """
@@ -233,7 +233,7 @@ def generate_rst(spec: DatasetSpec, model_name: str, *, data_root: str | os.Path
                  patch_sizes: Sequence[int] | None = None, splits: Sequence[str] | None = None,
                  progress: bool = True, device: str | torch.device | None = None,
                  aux_models: Sequence[str] = ()) -> list[dict]:
-    """Make the RST pseudo-labels (R §11) from the arrays :func:`generate_aux_arrays` wrote.
+    """Make the RST pseudo-labels (docs/authors-refine.md §R11) from the arrays :func:`generate_aux_arrays` wrote.
 
     For each split and patch size P (default :func:`default_patch_sizes`; P = the image side is
     the whole-image IST of P0): labels N×H×W×1 uint8 {0,1} and the chosen threshold per patch

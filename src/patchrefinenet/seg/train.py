@@ -1,4 +1,4 @@
-"""Train a base segmentation model with the authors' per-dataset recipe (S §3).
+"""Train a base segmentation model with the authors' per-dataset recipe (docs/authors-seg.md §S3).
 
 The recipe comes from ``spec.train`` (``src/<ds>/dataset.toml``): loss, Adam lr / weight decay,
 batch size, max epochs, the monitored quantity (``val_loss`` or ``val_mae``) and the plateau rule
@@ -7,14 +7,14 @@ after ``stop_after``; :class:`~patchrefinenet.training.PlateauSchedule`). Differ
 authors' scripts, all deliberate:
 
 * validation runs on the **non-augmented** val split in CSV order (the authors validated
-  DeepGlobe and Kvasir on augmented, shuffled batches, a noisy stopping criterion, S §8.22);
+  DeepGlobe and Kvasir on augmented, shuffled batches, a noisy stopping criterion, docs/authors-seg.md §S8.22);
 * everything is seeded from one ``seed``: shuffling uses a generator derived from (seed, epoch)
   and augmentation one derived from (seed, epoch, index), so an interrupted run resumed from
   ``<model>_last.th`` ends with the same weights as an uninterrupted one (bitwise on CPU);
 * ImageNet initialisation of the backbone is a flag (the authors downloaded it at every model
   construction, even before loading a checkpoint) and is skipped when weights are loaded.
 
-Weak supervision (rloss, Tang et al. 2018; rloss.md §1.3–§1.4): with
+Weak supervision (rloss, Tang et al. 2018; docs/rloss.md §L1.3–§L1.4): with
 ``Supervision(mode="scribbles")`` the training objective is partial cross-entropy on the scribbled
 pixels plus ``reg_weight`` × a regulariser on all pixels (DenseCRF by default;
 :class:`~patchrefinenet.rloss.RegularizedLoss`), from the scribble PNGs that
@@ -419,7 +419,7 @@ def train_base_model(
     compile: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train ``model_name`` on ``spec``'s train split, validating on its val split (S §3).
+    """Train ``model_name`` on ``spec``'s train split, validating on its val split (docs/authors-seg.md §S3).
 
     ``epochs`` / ``batch_size`` / ``lr`` override the recipe; ``pretrained`` loads ImageNet weights
     into the backbone of a fresh model (D-LinkNet, PFANet; offline it raises an InputError that
