@@ -19,6 +19,9 @@ holds both classes, next to the same correlation for the oracle's thresholds (th
 is added to the logit, so a positive ``b`` inflates the probabilities and the right threshold
 rises: recovery shows as a positive correlation.
 
+Also, per set: the *shipped* refiner (``Refiner.fit`` with held-out selection and the do-no-harm guard)
+and the global head of the engine-trained PRN under three BatchNorm modes at inference.
+
 Usage: ``python bench/bias_recovery.py [--epochs 30] [--masks roads --size 128] [--quick] [--no-record]``.
 Files go to ``--out`` (default ``runs/bench_bias/``, git-ignored); each set's folder is rebuilt
 every run, and ``results.json`` there holds every number.
@@ -41,12 +44,14 @@ from common import peak_rss_mb, record, table  # noqa: E402
 
 from data_utils.errors import InputError  # noqa: E402
 from data_utils.io import save_npy_atomic, write_text_atomic  # noqa: E402
-from data_utils.pseudo_labels import DEFAULT_THRESHOLDS, generate_pseudo_label_file, patch_pseudo_labels  # noqa: E402
+from data_utils.pseudo_labels import generate_pseudo_label_file, patch_pseudo_labels  # noqa: E402
 from data_utils.synthetic import biased_probability_maps, render_scene  # noqa: E402
 from data_utils.synthetic.fields import smooth_field  # noqa: E402
 from patchrefinenet.cli.common import cli_entry, setup_logging  # noqa: E402
 from patchrefinenet.metrics import pooled_iou  # noqa: E402
-from patchrefinenet.models.prn import resolve_grid  # noqa: E402
+from patchrefinenet.models.prn import load_prn, resolve_grid  # noqa: E402
+from patchrefinenet.refiner import Refiner  # noqa: E402
+from patchrefinenet.selection import ThresholdSweep  # noqa: E402
 from patchrefinenet.refine.data import TEST_GT, TEST_INPUTS, TRAIN_GT, TRAIN_INPUTS, pseudo_label_name  # noqa: E402
 from patchrefinenet.refine.predict import RefinePredictConfig, combine_heads, predict_prn  # noqa: E402
 from patchrefinenet.refine.train import RefineTrainConfig, train_prn  # noqa: E402
@@ -73,9 +78,11 @@ def ground_truth(kind: str, n: int, size: int, seed: int) -> np.ndarray:
 
 
 def best_global_threshold(prob: np.ndarray, gt: np.ndarray) -> float:
-    """The grid threshold (0.05 … 1.00) with the highest pooled IoU of ``prob > τ`` on (N, H, W) maps."""
-    scores = [pooled_iou(prob > t, gt) for t in DEFAULT_THRESHOLDS]
-    return float(DEFAULT_THRESHOLDS[int(np.argmax(scores))])
+    """The threshold (0.01 … 0.99, the grid the refiner's own fallback uses) with the highest pooled IoU
+    of ``prob > τ`` on (N, H, W) maps."""
+    sweep = ThresholdSweep()
+    sweep.update(torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32)), torch.from_numpy(gt))
+    return sweep.best()[0]
 
 
 def patch_means(maps: np.ndarray, p: int) -> np.ndarray:
@@ -126,7 +133,8 @@ def run_set(name: str, prob: np.ndarray, gt: np.ndarray, field: np.ndarray, args
     trained = train_prn(RefineTrainConfig(
         data_dir=str(data), output_root=str(out), aux_model=choice.aux_name, width=args.width, epochs=args.epochs,
         lr=args.lr, batch_size=args.batch_size, seed=args.seed, device="cpu", dataset="bench_bias", base_model=name,
-        patch_bn_stats=args.bn == "batch", residual=args.residual, progress=not args.quiet))
+        patch_bn_stats=args.bn == "batch", residual=args.residual, progress=not args.quiet,
+        select=0.0))  # the authors' engine behaviour: every val map trains, best weights by training loss
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     predicted = predict_prn(RefinePredictConfig(
@@ -137,14 +145,48 @@ def run_set(name: str, prob: np.ndarray, gt: np.ndarray, field: np.ndarray, args
     heads = {k: torch.from_numpy(np.load(path)).permute(0, 3, 1, 2) for k, path in predicted["probabilities"].items()}
     final = combine_heads(heads["global"], heads.get("local"), "upstream" if "local" in heads else "global")
     masks = {"final": final[:, 0].numpy(), "global head": combine_heads(heads["global"], None, "global")[:, 0].numpy()}
+    bn_modes = inference_bn_modes(trained["checkpoint"], prob[v:], gt[v:])
+
+    # What a user ships: Refiner.fit holds out --select of the val maps, keeps the best epoch there, picks the
+    # output rule there and falls back to the base map's best global threshold unless PRN beats it by --margin.
+    t0 = time.perf_counter()
+    refiner = Refiner.fit(prob[:v], gt[:v], aux_model=choice.aux_name, select=args.select, margin=args.margin,
+                          width=args.width, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                          seed=args.seed, device="cpu", patch_bn_stats=args.bn == "batch", residual=args.residual,
+                          progress=not args.quiet)
+    t_select = time.perf_counter() - t0
+    masks["shipped"] = refiner.refine(prob[v:], thresholds=False).mask
     res = measure(prob[:v], gt[:v], prob[v:], gt[v:], field[v:], masks, p)
+    res.update(shipped_rule=refiner.rule.name, selection=refiner.selection.message(), bn_modes=bn_modes)
     if abs(res["iou"]["final"] - predicted["miou"]) > 1e-9:  # the mask measured must be the one predict_prn scored
         raise RuntimeError(f"[{name}] recomputed PRN IoU {res['iou']['final']:.6f} != "
                            f"predict_prn's {predicted['miou']:.6f}")
     res.update(set=name, patch_size=p, pseudo_label_val_iou=pl["pooled_iou"], epochs_run=trained["epochs_run"],
                stopped=trained["stopped"], best_loss=trained["best_loss"],
-               seconds={"pseudo_labels": t_pl, "train": t_train, "predict": t_predict})
+               seconds={"pseudo_labels": t_pl, "train": t_train, "predict": t_predict, "fit_with_selection": t_select})
     return res
+
+
+def inference_bn_modes(checkpoint: str, prob: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """Pooled test IoU of the global head at 0.5 of one trained PRN under three BatchNorm modes at inference:
+    per-application running statistics (``step_bn``, eval mode), one running average per BN (the plain
+    eval mode, which mixes the recurrent block's three applications), and per-map batch statistics (the
+    authors' inference). The first two do not depend on the batch; the third does (one map per call here)."""
+    model, _ = load_prn(checkpoint, "cpu")
+    x = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[:, None]
+    out = {}
+    with torch.no_grad():
+        out["eval, per-application statistics (step_bn)"] = pooled_iou(model.eval()(x)[0][:, 0].numpy() > 0.5, gt)
+        steps = [m for m in model.modules() if getattr(m, "steps", 1) > 1]
+        for m in steps:
+            m.steps = 1  # fall back to the one running average shared by the three applications
+        out["eval, one running average per BatchNorm"] = pooled_iou(model(x)[0][:, 0].numpy() > 0.5, gt)
+        for m in steps:
+            m.steps = 3
+        model.set_batch_statistics(True)
+        per_map = torch.cat([model(x[i:i + 1])[0] for i in range(len(x))])
+        out["per-map batch statistics (the authors')"] = pooled_iou(per_map[:, 0].numpy() > 0.5, gt)
+    return out
 
 
 def measure(val_prob: np.ndarray, val_gt: np.ndarray, prob: np.ndarray, gt: np.ndarray, field: np.ndarray,
@@ -180,16 +222,16 @@ def _summary(res: dict[str, dict], args: argparse.Namespace) -> str:
         i, g, s = r["iou"], r["gain_points"], r["gap_share"]
         rows.append([r["set"], f"{i['base']:.4f}", f"{i['best global']:.4f} (τ = {r['global_threshold']:.2f})",
                      f"{i['final']:.4f} ({i['perfect heads combined']:.4f})", f"{i['global head']:.4f}",
-                     f"{i['oracle']:.4f}",
+                     f"{i['shipped']:.4f} ({r['shipped_rule']})", f"{i['oracle']:.4f}",
                      f"{g['final']:+.2f} / {g['global head']:+.2f}",
                      "—" if r["set"] == "control" else f"{100 * s['final']:.0f} % / {100 * s['global head']:.0f} %",
                      f"{r['epochs_run']} ({r['seconds']['train']:.0f} s)"])
     body = table(["set", "base @0.5", "best global τ (val)", "PRN final (same rule, perfect heads)", "PRN global head",
-                  "patch oracle", "PRN − base, pts (final / global)", "oracle gap closed (final / global)",
+                  "shipped: selection + guard (rule)", "patch oracle", "PRN − base, pts (final / global)", "oracle gap closed (final / global)",
                   "epochs (train time)"], rows)
     b, c = res["biased"], res["control"]
     labels = {"final": "PRN final mask (implied τ)", "global head": "PRN global head (implied τ)",
-              "oracle": "patch oracle τ (ceiling)"}
+              "shipped": "shipped refiner (implied τ)", "oracle": "patch oracle τ (ceiling)"}
     body += "\n\nBias recovery, biased set: correlation of each patch's threshold with its mean injected bias " \
             f"({b['n_patches']} test patches holding both classes).\n\n" + table(
                 ["thresholds", "Pearson", "Spearman"],
@@ -201,9 +243,17 @@ def _summary(res: dict[str, dict], args: argparse.Namespace) -> str:
         f"implied-threshold Spearman ≥ {GOAL_SPEARMAN}": lambda k: b["correlation"][k][1] >= GOAL_SPEARMAN,
         f"control: PRN − base ≥ {GOAL_CONTROL_POINTS} points": lambda k: c["gain_points"][k] >= GOAL_CONTROL_POINTS,
     }
+    shipped_goals = {
+        "beats the best global threshold on the biased set": b["iou"]["shipped"] > b["iou"]["best global"],
+        f"control: within {-GOAL_CONTROL_POINTS} points of the best global threshold":
+            100 * (c["iou"]["shipped"] - c["iou"]["best global"]) >= GOAL_CONTROL_POINTS,
+    }
     verdict = lambda ok: "**met**" if ok else "**not met**"  # noqa: E731
     goals = "; ".join(f"{text}: final {verdict(ok('final'))}, global head {verdict(ok('global head'))}"
                       for text, ok in checks.items())
+    body += "\n\nBatchNorm at inference: pooled test IoU of the global head at 0.5 of the engine-trained PRN.\n\n" + table(
+        ["mode", "biased", "control"], [[k, f"{b['bn_modes'][k]:.4f}", f"{c['bn_modes'][k]:.4f}"] for k in b["bn_modes"]])
+    body += "\n\nSelection: biased — " + b["selection"] + "; control — " + c["selection"] + "."
     masks = "road (`render_scene('roads')`)" if args.masks == "roads" else "blob (smooth random field > 0.5 std)"
     setup = (
         f"Setup: {args.n_val} val (PRN training) + {args.n_test} test {masks} masks of {args.size}×{args.size} "
@@ -219,7 +269,10 @@ def _summary(res: dict[str, dict], args: argparse.Namespace) -> str:
         f"(`--combine global`). Implied τ: the grid threshold on the base map that best reproduces the PRN mask in a "
         f"patch. The bias is added to the logit, so a positive bias inflates the "
         f"probabilities and raises the best threshold: recovery shows as a positive correlation. Goals (fixed before "
-        f"running): {goals}. Peak RSS {peak_rss_mb():.0f} MiB.")
+        f"running): {goals}. Shipped refiner (`Refiner.fit`, {100 * args.select:.0f} % of the val maps held out, "
+        f"margin {100 * args.margin:g} points): "
+        + "; ".join(f"{text}: {verdict(ok)}" for text, ok in shipped_goals.items())
+        + f". Peak RSS {peak_rss_mb():.0f} MiB.")
     return body + "\n\n" + setup
 
 
@@ -241,6 +294,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="residual heads (PRNConfig.residual: corrections to the base logit); recorded in its "
                              "own RESULTS.md section")
     parser.add_argument("--batch_size", type=int, default=4, help="maps per step (default 4)")
+    parser.add_argument("--select", type=float, default=0.2,
+                        help="share of the val maps the shipped refiner holds out for selection (default 0.2)")
+    parser.add_argument("--margin", type=float, default=0.005,
+                        help="gain over the best global threshold the shipped refiner requires (default 0.005)")
     parser.add_argument("--bias_scale", type=float, default=1.5, help="std of the injected logit bias (default 1.5)")
     parser.add_argument("--noise", type=float, default=0.5, help="std of the per-pixel logit noise (default 0.5)")
     parser.add_argument("--smoothness", type=float, default=0.25,
