@@ -27,7 +27,7 @@ class DemoConfig:
 
     kind: str = "polyps"
     n_train: int = 160
-    n_val: int = 60                # each PRN's labelled set (the source val split also stops the base model)
+    n_val: int = 80                # each PRN's labelled set (the source val split also stops the base model)
     n_test: int = 60
     image_size: int = 256          # generated images
     input_size: int = 128          # network input and PRN map side
@@ -39,7 +39,7 @@ class DemoConfig:
     base_lr: float = 1e-3
     patch_size: int = 32           # PRN patch side in pixels (4×4 grid on 128-px maps)
     prn_width: int = 8
-    prn_epochs: int = 15
+    prn_epochs: int = 20
     prn_lr: float = 8e-4
     prn_residual: bool = True      # PRN heads correct the base logit (see PRNConfig.residual)
     select: float = 0.2            # share of each PRN's labelled maps held out for selection and the guard
