@@ -37,9 +37,10 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+from data_utils import layout
 from data_utils.errors import InputError
 from data_utils.io import atomic_path
-from data_utils.spec import (DATASET_NAMES, DatasetSpec, dataset_spec_path, load_dataset_spec, released_checkpoint_dir,
+from data_utils.spec import (DATASET_NAMES, DatasetSpec, dataset_spec_path, load_dataset_spec,
                              repo_root, resolve_dataset_name)
 
 log = logging.getLogger("patchrefinenet")
@@ -88,8 +89,8 @@ def model_destinations(spec: DatasetSpec, dest_root: str | Path) -> list[tuple[s
     """(file name inside the archive, destination) for the base and PRN weights of ``spec``."""
     src = Path(dest_root) / "src" / spec.name
     return [
-        (spec.checkpoint, released_checkpoint_dir(src / "seg-models") / spec.checkpoint),
-        (spec.refine.checkpoint, released_checkpoint_dir(src / "refine-models") / spec.refine.checkpoint),
+        (spec.checkpoint, layout.released_dir(src / layout.SEG_MODELS) / spec.checkpoint),
+        (spec.refine.checkpoint, layout.released_dir(src / layout.REFINE_MODELS) / spec.refine.checkpoint),
     ]
 
 
@@ -235,7 +236,7 @@ def download(datasets: Sequence[str] = DATASET_NAMES, *, dest_root: str | Path |
     if data:
         wanted = list(names)
         if not overwrite:
-            present = [n for n in names if (data_dir / n / "seg-models").exists()]
+            present = [n for n in names if layout.seg_models_dir(data_dir, n).exists()]
             if present:
                 log.info("data for %s already in %s: kept (--overwrite True replaces it)", ", ".join(present), data_dir)
             wanted = [n for n in names if n not in present]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from data_utils import layout
 from data_utils.errors import InputError
 
 DATASET_NAMES = ("deepglobe", "DUTS", "kvasir")
@@ -243,16 +244,16 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
 
 def seg_models_dir(spec: DatasetSpec, data_root: str | Path) -> Path:
     """``<data_root>/<name>/seg-models``: raw images, split CSVs, base-model test arrays."""
-    return Path(data_root) / spec.name / "seg-models"
+    return layout.seg_models_dir(data_root, spec.name)
 
 
-RELEASED_DIR = "released"
+RELEASED_DIR = layout.RELEASED
 
 
 def released_checkpoint_dir(models_root: str | Path) -> Path:
     """``<models_root>/checkpoints/released``: the authors' downloaded weights, kept apart from the
     ``checkpoints/<name>/`` folders that training writes, so neither side overwrites the other."""
-    return Path(models_root) / "checkpoints" / RELEASED_DIR
+    return layout.released_dir(models_root)
 
 
 def split_csv_path(spec: DatasetSpec, data_root: str | Path, split: str) -> Path:

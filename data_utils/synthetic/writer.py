@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from data_utils import layout
 from data_utils.errors import InputError
 from data_utils.io import atomic_path, write_text_atomic
 from data_utils.synthetic.fields import Scene
@@ -72,7 +73,7 @@ def _check_kind(kind: str) -> str:
 
 def dataset_dir(root: str | os.PathLike, kind: str) -> Path:
     """The dataset folder a kind is written to: ``<root>/<deepglobe|kvasir|DUTS>/seg-models``."""
-    return Path(root) / DATASETS[_check_kind(kind)] / "seg-models"
+    return layout.seg_models_dir(root, DATASETS[_check_kind(kind)])
 
 
 def sample_layout(kind: str, ident: str, split: str) -> DemoSample:

@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from data_utils.errors import InputError
+from patchrefinenet.refine.config import METRICS
 
 #: Thresholds swept for tuned rules and for the base model's best global threshold: 0.01 … 0.99.
 SWEEP_THRESHOLDS: tuple[float, ...] = tuple(round(0.01 * t, 2) for t in range(1, 100))
 RULE_HEADS = ("authors", "global", "local", "mean", "base")
-METRICS = ("pooled_iou", "dice")
+
 
 
 @dataclass(frozen=True)

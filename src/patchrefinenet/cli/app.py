@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -64,7 +64,7 @@ def _bool(parser: argparse.ArgumentParser, name: str, help_text: str, default: b
 
 
 def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
-    from patchrefinenet.refine.train import RefineTrainConfig
+    from patchrefinenet.refine.config import RefineTrainConfig
     from patchrefinenet.refiner import OWN_FIELDS, SELECTION_FIELDS
 
     parser = argparse.ArgumentParser(

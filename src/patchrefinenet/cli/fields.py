@@ -32,9 +32,13 @@ def _parser_for(annotation: Any) -> tuple[Any, bool]:
 
 
 def add_field_options(parser: argparse.ArgumentParser | Any, config_cls: type, exclude: set[str] = frozenset(),
-                      title: str | None = None) -> list[str]:
+                      title: str | None = None, defaults: dict[str, tuple[Any, str]] | None = None) -> list[str]:
     """Add one ``--name`` option per defaulted field of ``config_cls`` not in ``exclude``; return the names
-    (including fields whose option the parser already has: they share that option's value)."""
+    (including fields whose option the parser already has: they share that option's value).
+
+    ``defaults`` overrides a field's command-line default: ``{"batch_size": (None, "the dataset
+    config's")}`` (the caller then fills the value in). Boolean options also work bare (``--resume``).
+    """
     group = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(config_cls) if not any(isinstance(f.type, str) for f in fields(config_cls)) else {}
     names = []
@@ -46,9 +50,13 @@ def add_field_options(parser: argparse.ArgumentParser | Any, config_cls: type, e
             continue
         parse, _ = _parser_for(hints.get(f.name, f.type))
         default = f.default if f.default is not MISSING else f.default_factory()
+        shown = default
+        if defaults and f.name in defaults:
+            default, shown = defaults[f.name]
         help_text = f.metadata.get("help", f.name.replace("_", " "))
+        extra = {"nargs": "?", "const": True} if parse.__name__ == "bool" else {}
         group.add_argument(f"--{f.name}", type=parse, default=default, metavar=f.name.upper(),
-                           help=f"{help_text} (default: {default})")
+                           help=f"{help_text} (default: {shown})", **extra)
     return names
 
 

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from data_utils import layout
 from data_utils.errors import InputError
 from data_utils.spec import DatasetSpec, load_dataset_spec
 from patchrefinenet.cli.common import (add_threads_argument, cli_entry, configure_cli_threads, dataset_dir_from_script,
                                        repo_root, setup_logging, str2bool)
+from patchrefinenet.cli.fields import add_field_options, field_values
 
 # The engine (torch) is imported inside the functions that need it, so that --help answers at once.
 
@@ -89,8 +91,8 @@ def resolve_refine_script(args: argparse.Namespace, script_file: str) -> RefineS
         raise InputError(f"unknown base model {base_model!r} (--base_model); valid names: "
                          f"{', '.join(sorted(BASE_MODELS))}")
     data_root = Path(args.data_root if args.data_root is not None else repo_root() / "data").expanduser()
-    output_root = Path(args.output_root if args.output_root is not None else ds_dir / "refine-models").expanduser()
-    return RefineScript(spec, base_model, data_root / spec.name / "refine-models" / base_model, output_root)
+    output_root = Path(args.output_root if args.output_root is not None else ds_dir / layout.REFINE_MODELS).expanduser()
+    return RefineScript(spec, base_model, layout.refine_arrays_dir(data_root, spec.name, base_model), output_root)
 
 
 def default_weights(args: argparse.Namespace, run: RefineScript) -> Path:
@@ -123,54 +125,32 @@ Missing or stale pseudo-labels train_aux_gt_p_<P>.npy are generated from val_pre
 """
 
 
-def _parser(script_file: str) -> argparse.ArgumentParser:
+# RefineTrainConfig fields the script sets itself rather than taking as flags.
+_SCRIPT_FIELDS = {"data_dir", "output_root", "dataset", "base_model", "init_checkpoint"}
+
+
+def _parser(script_file: str) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The parser and the names of the RefineTrainConfig fields it fills (every training setting is
+    an option generated from its field: docs/DESIGN.md, one source per setting)."""
+    from patchrefinenet.refine.config import RefineTrainConfig  # torch-free
+
     parser = refine_parser(
         script_file, "Train PatchRefineNet on the base model's validation probability maps with the authors' "
                      "recipe (Adam 8e-4; plateau rule: after 5 epochs without improvement reload the best "
-                     "weights and lr/1.1, stop after 9).",
+                     "weights and lr/1.1, stop after 9), holding out --select of the maps to choose the epoch "
+                     "and the output rule (docs/refiner.md).",
         _EXAMPLES)
-    parser.add_argument("--resume", type=str2bool, nargs="?", const=True, default=False,
-                        help="continue an interrupted run from checkpoints/<aux>/<aux>_last.th")
-    parser.add_argument("--overwrite", type=str2bool, nargs="?", const=True, default=False,
-                        help="replace the weights of an earlier run under checkpoints/<aux>/ (default False: refuse)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, shuffling, augmentation (default: 0)")
-    parser.add_argument("--epochs", type=int, default=300, help="max epochs (default: 300)")
-    parser.add_argument("--lr", type=float, default=8e-4, help="initial learning rate (default: 8e-4)")
-    parser.add_argument("--batch_size", type=int, default=None, help="batch size (default: the dataset config's)")
-    parser.add_argument("--shuffle", type=str2bool, default=None, help="shuffle (default: the dataset config's)")
-    parser.add_argument("--augment", type=str2bool, default=True, help="flips + rot90 as the authors (default: True)")
-    parser.add_argument("--width", type=int, default=32, help="PRN base width (authors: 32)")
-    parser.add_argument("--row7_quirk", type=str2bool, default=False,
-                        help="the authors' P64 row-7 wiring (docs/authors-refine.md §R3.4); only for fine-tuning their p64 file")
-    parser.add_argument("--residual", type=str2bool, default=False,
-                        help="heads add a correction to the logit of the base probability, starting from zero "
-                             "(PRN begins as the base map; not in the paper, default: False)")
-    parser.add_argument("--patch_bn_stats", type=str2bool, default=True,
-                        help="per-patch BatchNorm statistics in the local decoder during training, as the "
-                             "authors (default: True)")
-    parser.add_argument("--step_bn", type=str2bool, default=True,
-                        help="the recurrent blocks' BatchNorm keeps running statistics per application, so eval "
-                             "mode is reliable (default: True; not in the paper)")
-    parser.add_argument("--select", type=float, default=0.2,
-                        help="share of val maps held out to choose the epoch and the output rule, with a fallback to "
-                             "the base map's best global threshold if PRN does not beat it (docs/refiner.md); "
-                             "0 = the authors' behaviour (default: 0.2)")
-    parser.add_argument("--select_metric", choices=("pooled_iou", "dice"), default="pooled_iou",
-                        help="held-out selection metric (default: pooled_iou)")
-    parser.add_argument("--margin", type=float, default=0.005,
-                        help="gain over the base map's best global threshold PRN must show on the held-out maps "
-                             "(default: 0.005 = half a point)")
-    parser.add_argument("--force_prn", type=str2bool, nargs="?", const=True, default=False,
-                        help="keep the best PRN rule even if it loses to the base map (default: False)")
-    parser.add_argument("--max_batches_per_epoch", type=int, default=None, help="cap on batches per epoch (smoke tests)")
-    parser.add_argument("--progress", type=str2bool, default=True, help="show progress bars (default: True)")
-    return parser
+    names = add_field_options(parser, RefineTrainConfig, exclude=_SCRIPT_FIELDS, title="training",
+                              defaults={"batch_size": (None, "the dataset config's"),
+                                        "shuffle": (None, "the dataset config's")})
+    return parser, names
 
 
 @cli_entry
 def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv`` and train; returns :func:`~patchrefinenet.refine.train.train_prn`'s result."""
-    args = _parser(script_file).parse_args(argv)
+    parser, names = _parser(script_file)
+    args = parser.parse_args(argv)
     from patchrefinenet.refine.train import RefineTrainConfig, train_prn
 
     rank = int(os.environ.get("RANK", "0"))
@@ -184,19 +164,13 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
         if not init.is_file():
             raise InputError(f"--checkpoint_path: no weights at {init}; train without --checkpoint first, "
                              f"or pass an existing file")
-    cfg = RefineTrainConfig(
-        data_dir=str(run.data_dir), output_root=str(run.output_root), aux_model=args.aux_model,
-        patch_size=args.patch_size, width=args.width, row7_quirk=args.row7_quirk, residual=args.residual,
-        step_bn=args.step_bn, select=args.select, select_metric=args.select_metric, margin=args.margin,
-        force_prn=args.force_prn,
-        epochs=args.epochs, lr=args.lr,
+    settings = field_values(args, names)
+    settings.update(  # what the dataset config and the script's folder decide
         batch_size=run.spec.refine.batch_size if args.batch_size is None else args.batch_size,
-        shuffle=run.spec.refine.shuffle if args.shuffle is None else args.shuffle, augment=args.augment,
-        patch_bn_stats=args.patch_bn_stats, seed=args.seed, device=args.device, bf16=args.bf16,
-        channels_last=args.channels_last, compile=args.compile, num_workers=args.num_workers,
-        max_batches_per_epoch=args.max_batches_per_epoch, resume=args.resume, overwrite=args.overwrite,
-        init_checkpoint=None if init is None else str(init), dataset=run.spec.name, base_model=run.base_model,
-        progress=args.progress)
+        shuffle=run.spec.refine.shuffle if args.shuffle is None else args.shuffle,
+        data_dir=str(run.data_dir), output_root=str(run.output_root), dataset=run.spec.name,
+        base_model=run.base_model, init_checkpoint=None if init is None else str(init))
+    cfg = RefineTrainConfig(**settings)
     result = train_prn(cfg, dataset_spec=run.spec.to_dict())
     if rank == 0:
         summary = {k: v for k, v in result.items() if k not in ("history", "model", "selection")}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from data_utils import layout
 from data_utils.errors import InputError
 from data_utils.spec import DatasetSpec, load_dataset_spec
 from patchrefinenet.cli.common import (add_threads_argument, cli_entry, configure_cli_threads, dataset_dir_from_script,
@@ -67,7 +68,7 @@ def resolve_seg_script(args: argparse.Namespace, script_file: str) -> SegScript:
     if model not in BASE_MODELS:
         raise InputError(f"unknown base model {model!r} (--model); valid names: {', '.join(sorted(BASE_MODELS))}")
     data_root = args.data_root if args.data_root is not None else repo_root() / "data"
-    output_root = args.output_root if args.output_root is not None else ds_dir / "seg-models"
+    output_root = args.output_root if args.output_root is not None else ds_dir / layout.SEG_MODELS
     return SegScript(spec, model, Path(data_root).expanduser(), Path(output_root).expanduser())
 
 

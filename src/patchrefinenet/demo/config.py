@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_utils import layout
 from data_utils.spec import DatasetSpec, dataset_spec_path, load_dataset_spec
 from patchrefinenet.cli.common import repo_root
 
@@ -85,16 +86,15 @@ class DemoPaths:
 
     @property
     def seg_root(self) -> Path:
-        return self.root / "seg-models"
+        return self.root / layout.SEG_MODELS
 
     @property
     def refine_root(self) -> Path:
-        return self.root / "refine-models"
+        return self.root / layout.REFINE_MODELS
 
     def arrays(self, model: str, scenario: str = "control") -> Path:
         """``<data root>/<ds>/refine-models/<model>``: the base model's probability maps of a scenario."""
-        root = self.deploy_root if scenario == "shift" else self.data_root
-        return root / self.dataset / "refine-models" / model
+        return layout.refine_arrays_dir(self.deploy_root if scenario == "shift" else self.data_root, self.dataset, model)
 
     def refiner(self, scenario: str) -> Path:
         return self.root / f"prn-{scenario}.pt"

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from data_utils import layout
 from data_utils.arrays import open_maps
 from data_utils.io import write_text_atomic
 from data_utils.spec import DatasetSpec, spec_to_toml
@@ -58,7 +59,7 @@ def run_data(cfg: DemoConfig, paths: DemoPaths, progress: bool) -> None:
 def run_base(cfg: DemoConfig, paths: DemoPaths, spec: DatasetSpec, force: bool, progress: bool) -> None:
     from patchrefinenet.seg.train import train_base_model
 
-    weights = paths.seg_root / "checkpoints" / cfg.base_model / f"{cfg.base_model}_weights.th"
+    weights = layout.RunFolders(paths.seg_root, cfg.base_model).weights
     if weights.is_file() and not force:
         log.info("demo: base model already trained (%s); --force retrains", weights)
         return
@@ -73,7 +74,7 @@ def run_arrays(cfg: DemoConfig, paths: DemoPaths, spec: DatasetSpec, force: bool
 
     for scenario, root in (("control", paths.data_root), ("shift", paths.deploy_root)):
         arrays = paths.arrays(cfg.base_model, scenario)
-        if force or not (arrays / "test_input.npy").is_file() or not (arrays / "val_pred.npy").is_file():
+        if force or not all(p.is_file() for split in ("val", "test") for p in layout.array_paths(arrays, split)):
             generate_aux_arrays(spec, cfg.base_model, data_root=root, output_root=paths.seg_root, device=cfg.device,
                                 progress=progress)
     calculate_base_iou(spec, cfg.base_model, data_root=paths.data_root, output_root=paths.seg_root, progress=progress)
@@ -87,9 +88,9 @@ def run_prn(cfg: DemoConfig, paths: DemoPaths, force: bool, progress: bool) -> N
         if target.is_file() and not force:
             log.info("demo: refiner %s exists; --force refits it", target)
             continue
-        folder = paths.arrays(cfg.base_model, scenario)
-        probs = open_maps(folder / "val_pred.npy", f"{scenario} val probabilities")
-        masks = open_maps(folder / "val_orig_gt.npy", f"{scenario} val masks")
+        prob_path, mask_path = layout.array_paths(paths.arrays(cfg.base_model, scenario), "val")
+        probs = open_maps(prob_path, f"{scenario} val probabilities")
+        masks = open_maps(mask_path, f"{scenario} val masks")
         log.info("demo: fitting the %s refiner on %d labelled maps", scenario, len(probs))
         refiner = Refiner.fit(probs, masks, patch_size=cfg.patch_size, select=cfg.select, margin=cfg.margin,
                               width=cfg.prn_width, epochs=cfg.prn_epochs, lr=cfg.prn_lr, residual=cfg.prn_residual,

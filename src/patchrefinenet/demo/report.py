@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from data_utils import layout
 from data_utils.arrays import open_maps
 from data_utils.datasets import load_sample, read_split
 from data_utils.io import atomic_path, write_text_atomic
@@ -41,9 +42,9 @@ CALIBRATION = ("ece", "brier")
 def scenario_maps(paths: DemoPaths, model: str, scenario: str) -> dict[str, np.ndarray]:
     """The base model's val/test probabilities and masks of a scenario, (N, H, W) float32 arrays."""
     folder = paths.arrays(model, scenario)
-    names = {"val_prob": "val_pred.npy", "val_gt": "val_orig_gt.npy", "test_prob": "test_input.npy",
-             "test_gt": "test_orig_gt.npy"}
-    return {k: np.asarray(open_maps(folder / v, f"{scenario} {k}"), dtype=np.float32) for k, v in names.items()}
+    files = {f"{split}_{kind}": path for split in ("val", "test")
+             for kind, path in zip(("prob", "gt"), layout.array_paths(folder, split))}
+    return {k: np.array(open_maps(v, f"{scenario} {k}"), dtype=np.float32) for k, v in files.items()}  # writable copies
 
 
 def _scores(prob: np.ndarray, mask: np.ndarray, gt: np.ndarray) -> dict[str, float]:

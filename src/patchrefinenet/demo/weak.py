@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_utils import layout
 from data_utils.arrays import open_maps
 from data_utils.datasets import read_split, scribble_dir, scribble_path
 from data_utils.errors import InputError
@@ -67,8 +68,8 @@ WeakPaths = DemoPaths
 
 def link_data(source_data_root: Path, weak: WeakPaths) -> Path:
     """Make ``<weak data root>/<ds>/seg-models`` a symbolic link to the demo's real data folder."""
-    target = (Path(source_data_root) / weak.dataset / "seg-models").resolve()
-    link = weak.data_root / weak.dataset / "seg-models"
+    target = layout.seg_models_dir(source_data_root, weak.dataset).resolve()
+    link = layout.seg_models_dir(weak.data_root, weak.dataset)
     if link.is_symlink():
         if link.resolve() == target:
             return link
@@ -106,8 +107,9 @@ def labelled_fraction(spec, data_root: Path) -> float:
 
 def _score_arrays(arrays: Path) -> dict:
     """Metrics of the base test probabilities at 0.5 (the demo table's definition), streamed in chunks."""
-    prob = open_maps(arrays / "test_input.npy", "weak base test probabilities")
-    gt = open_maps(arrays / "test_orig_gt.npy", "test ground truth")
+    prob_path, gt_path = layout.array_paths(arrays, "test")
+    prob = open_maps(prob_path, "weak base test probabilities")
+    gt = open_maps(gt_path, "test ground truth")
     meter = SegmentationMeter()
     for lo in range(0, len(prob), 16):
         meter.update(np.asarray(prob[lo:lo + 16]), np.asarray(gt[lo:lo + 16]))
@@ -122,7 +124,7 @@ def run_weak(cfg, paths, *, force: bool = False, progress: bool = True) -> list[
     Rows: ``{"method", "pooled_iou", "mean_iou", "dice", "note"}`` on the test split, for the pCE-only
     base, the pCE + DenseCRF base and PRN p64 on the latter.
     """
-    if not paths.config.is_file() or not (paths.data_root / paths.dataset / "seg-models").is_dir():
+    if not paths.config.is_file() or not layout.seg_models_dir(paths.data_root, paths.dataset).is_dir():
         raise InputError(f"the weak-supervision demo needs the demo dataset under {paths.data_root} and its config "
                          f"{paths.config}; run the data stage first (python demo.py --stages data)")
     spec = load_dataset_spec(paths.config)
@@ -139,13 +141,13 @@ def run_weak(cfg, paths, *, force: bool = False, progress: bool = True) -> list[
         weak = WeakPaths(paths.root / f"weak-{variant.name}", paths.dataset)
         link_data(paths.data_root, weak)
         seg = ["--model", model, *script_args(weak, "seg", progress, config=paths.config)]
-        weights = weak.seg_root / "checkpoints" / model / f"{model}_weights.th"
+        weights = layout.RunFolders(weak.seg_root, model).weights
         if force or not weights.is_file():
             width = ["--model_width", str(cfg.base_width)] if model == "resunetplusplus" else []
             seg_train.main(paths.script("seg", "train.py"),
                            [*seg, *variant.train_flags, "--no-pretrained", "--seed", str(cfg.seed), *width])
         arrays = weak.arrays(model)
-        if force or not (arrays / "test_input.npy").is_file() or not (arrays / "val_pred.npy").is_file():
+        if force or not all(p.is_file() for split in ("val", "test") for p in layout.array_paths(arrays, split)):
             generate_aux.main(paths.script("seg", "generate_aux_training_data.py"), seg)
         calculate_base_iou.main(paths.script("seg", "calculate_base_iou.py"), seg)
         note = f"{100 * fraction:.1f}% of train pixels labelled; model selected on the full val masks"
@@ -157,7 +159,7 @@ def run_weak(cfg, paths, *, force: bool = False, progress: bool = True) -> list[
                           [*seg, "--patch_size", str(patch_size_for(PRN_GRID, cfg.input_size))])
         refine = ["--base_model", model, "--aux_model", PRN_GRID,
                   *script_args(weak, "refine", progress, config=paths.config)]
-        prn_weights = weak.refine_root / "checkpoints" / PRN_GRID / f"{PRN_GRID}_weights.th"
+        prn_weights = layout.RunFolders(weak.refine_root, PRN_GRID).weights
         if force or not prn_weights.is_file():
             refine_train.main(paths.script("refine", "train.py"), [*refine, *prn_train_args(cfg)])
         result = refine_predict.main(paths.script("refine", "predict.py"),

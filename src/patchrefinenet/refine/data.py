@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from data_utils.arrays import as_maps, check_binary, check_probabilities, open_npy
 from data_utils.errors import InputError
-from data_utils.spec import released_checkpoint_dir
+from data_utils.layout import ARRAYS, RunFolders, pseudo_label_paths
 
 
 class NpyMaps:
@@ -179,45 +179,27 @@ class RefineDataset(Dataset):
 
 # --------------------------------------------------------------------------- file locations
 
-TRAIN_INPUTS, TRAIN_GT = "val_pred.npy", "val_orig_gt.npy"
-TEST_INPUTS, TEST_GT = "test_input.npy", "test_orig_gt.npy"
+(TRAIN_INPUTS, TRAIN_GT), (TEST_INPUTS, TEST_GT) = ARRAYS["val"], ARRAYS["test"]
 
 
 def pseudo_label_name(patch_size: int) -> str:
     """``train_aux_gt_p_<P>.npy``: the authors' name for the pseudo-labels made with P-px patches."""
-    return f"train_aux_gt_p_{int(patch_size)}.npy"
+    return pseudo_label_paths(".", "val", patch_size)[0].name
 
 
-@dataclass(frozen=True)
-class RefineOutputs:
-    """Where a PRN run writes, under ``<output_root>`` (docs/DESIGN.md): per ``aux`` name,
-    ``checkpoints/<aux>/``, ``logs/<aux>/`` and ``outputs/<aux>/``. The authors' downloaded files
-    are read from ``checkpoints/released/`` and never written."""
-
-    root: Path
-    aux: str
+class RefineOutputs(RunFolders):
+    """Where a PRN run writes, under ``<output_root>`` (:class:`data_utils.layout.RunFolders` with
+    ``name`` = the grid, e.g. ``p64``). The authors' downloaded files are read from
+    ``checkpoints/released/`` and never written."""
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return self.root / "checkpoints" / self.aux
-
-    @property
-    def log_dir(self) -> Path:
-        return self.root / "logs" / self.aux
-
-    @property
-    def output_dir(self) -> Path:
-        return self.root / "outputs" / self.aux
-
-    @property
-    def weights(self) -> Path:
-        """Best weights so far (``<aux>_weights.th``, the authors' name)."""
-        return self.checkpoint_dir / f"{self.aux}_weights.th"
+    def aux(self) -> str:
+        return self.name
 
     @property
     def released_weights(self) -> Path:
         """The authors' file for this name where ``download.py`` puts it: ``checkpoints/released/<aux>_weights.th``."""
-        return released_checkpoint_dir(self.root) / f"{self.aux}_weights.th"
+        return self.released()
 
     def weights_to_load(self) -> tuple[Path, str]:
         """(path, ``"trained"`` or ``"released"``): ours if it exists, else the released file; InputError if neither."""
@@ -226,30 +208,6 @@ class RefineOutputs:
                 return path, kind
         raise InputError(f"no {self.aux} weights: neither {self.weights} (train.py --aux_model {self.aux} writes it) "
                          f"nor {self.released_weights} (`python download.py`) exists; or pass --checkpoint_path FILE")
-
-    @property
-    def last(self) -> Path:
-        """Resume file, rewritten after every epoch (``<aux>_last.th``)."""
-        return self.checkpoint_dir / f"{self.aux}_last.th"
-
-    @property
-    def history(self) -> Path:
-        return self.log_dir / f"{self.aux}_train_history.jsonl"
-
-    @property
-    def train_config(self) -> Path:
-        return self.log_dir / f"{self.aux}_train_config.json"
-
-    def train_log(self, stamp: str) -> Path:
-        return self.log_dir / f"{self.aux}_train_log_{stamp}.log"
-
-    @property
-    def predict_log(self) -> Path:
-        return self.log_dir / f"{self.aux}_predict_log.log"
-
-    @property
-    def predict_metrics(self) -> Path:
-        return self.log_dir / f"{self.aux}_predict_metrics.json"
 
 
 def require_arrays(paths: dict[str, Path], how_to_make: str) -> None:

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,8 @@ from patchrefinenet.models.prn import PRN, GridChoice, PRNConfig, load_prn, reso
 from data_utils.arrays import open_maps
 from patchrefinenet.maps import MapSource, as_source
 from patchrefinenet.refine.heldout import EpochSubset, PairDataset, final_selection, make_selector, split_for_selection
-from patchrefinenet.selection import METRICS, Selection
+from patchrefinenet.refine.config import DEFAULTS, RefineTrainConfig
+from patchrefinenet.selection import Selection
 from patchrefinenet.refine.data import (
     TRAIN_GT, TRAIN_INPUTS, NpyMaps, RefineDataset, RefineOutputs, generator_hint, pseudo_label_name, require_arrays,
 )
@@ -59,84 +60,7 @@ _RUN_KEYS = ("width", "row7_quirk", "residual", "select", "select_metric", "lr",
              "min_lr", "augment", "patch_bn_stats", "upstream_order", "seed", "max_batches_per_epoch")
 
 
-@dataclass(frozen=True)
-class RefineTrainConfig:
-    """Every setting of a PRN training run (primitives only; saved in every checkpoint).
-
-    data_dir holds ``val_pred.npy``, ``val_orig_gt.npy`` and the pseudo-labels; output_root gets
-    ``checkpoints/<aux>/`` and ``logs/<aux>/``. The grid comes from ``aux_model`` (``p0``, ``p4``,
-    ``p16``, ``p64``, ...) or ``patch_size`` (pixels). Defaults are the authors' (docs/authors-refine.md §R7).
-    ``max_batches_per_epoch`` truncates epochs (smoke tests); ``init_checkpoint`` starts from
-    existing weights (ours or the authors' bare files); ``resume`` continues ``<aux>_last.th``.
-    """
-
-    data_dir: str
-    output_root: str
-    aux_model: str | None = None
-    patch_size: int | None = None
-    width: int = 32
-    row7_quirk: bool = False
-    residual: bool = False
-    step_bn: bool = True
-    select: float = 0.2
-    select_metric: str = "pooled_iou"
-    margin: float = 0.005
-    force_prn: bool = False
-    epochs: int = 300
-    lr: float = 8e-4
-    batch_size: int = 1
-    shuffle: bool = True
-    decay_after: int = 4
-    stop_after: int = 8
-    lr_factor: float = 1.1
-    min_lr: float = 5e-8
-    augment: bool = True
-    patch_bn_stats: bool = True
-    upstream_order: bool = False
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the training forward (opt-in; the first batches compile)
-    num_workers: int = 0
-    max_batches_per_epoch: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    init_checkpoint: str | None = None
-    dataset: str = ""
-    base_model: str = ""
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise InputError(f"--{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("lr", "lr_factor"):
-            if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
-                raise InputError(f"--{key} must be a finite number > 0, got {getattr(self, key)}")
-        if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
-            raise InputError(f"min_lr must be a finite number >= 0, got {self.min_lr}")
-        for key in ("seed", "num_workers", "decay_after", "stop_after"):
-            if getattr(self, key) < 0:
-                raise InputError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
-            raise InputError(f"--max_batches_per_epoch must be >= 1, got {self.max_batches_per_epoch}")
-        if self.resume and self.init_checkpoint:
-            raise InputError("--resume continues <aux>_last.th; it cannot be combined with --checkpoint True "
-                             "(initialising from other weights)")
-        if not 0 <= self.select < 1:
-            raise InputError(f"--select {self.select}: the held-out share must be in [0, 1) (0 = none, the authors')")
-        if self.select_metric not in METRICS:
-            raise InputError(f"--select_metric {self.select_metric!r}: choose one of {', '.join(METRICS)}")
-        if not (math.isfinite(self.margin) and self.margin >= 0):
-            raise InputError(f"--margin {self.margin}: must be a finite number >= 0 (0.005 = half a point)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# Default value of every field that has one (resume files from older versions may lack new keys).
-_DEFAULTS = {f.name: f.default for f in fields(RefineTrainConfig) if f.default is not MISSING}
+_DEFAULTS = DEFAULTS  # resume files from older versions may lack new keys
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from data_utils.layout import RunFolders
 from data_utils.arrays import check_binary, check_probabilities, check_same_shape, open_maps
 from data_utils.datasets import seg_models_dir
 from data_utils.errors import InputError
@@ -78,8 +79,8 @@ def calculate_base_iou(spec: DatasetSpec, model_name: str, *, data_root: str | o
     paths.
     """
     pred_path, gt_path = base_test_arrays(spec, data_root, model_name)
-    log_dir = Path(output_root) / "logs" / model_name
-    with log_to_file(log_dir / f"{model_name}_miou_log.log"):
+    run = RunFolders(Path(output_root), model_name)
+    with log_to_file(run.base_score_log):
         log.info("Calculating base test metrics of %s on %s from %s", model_name, spec.name, pred_path)
         metrics = score_base_predictions(pred_path, gt_path, saliency=spec.layout == "duts", progress=progress)
         log.info("Base Test mIoU before Refinement = %f", metrics["pooled_iou"])
@@ -89,5 +90,5 @@ def calculate_base_iou(spec: DatasetSpec, model_name: str, *, data_root: str | o
         log.info("oracle (uses test ground truth) mean per-image IoU at the best of 20 thresholds = %f "
                  "(the authors' Kvasir 'base mIoU'; not comparable with the pooled IoU)", metrics["oracle_mean_iou"])
     result = {"model": model_name, "dataset": spec.name, "pred": str(pred_path), "gt": str(gt_path), **metrics}
-    write_text_atomic(log_dir / f"{model_name}_base_metrics.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(run.base_metrics, json.dumps(result, indent=2) + "\n")
     return result

@@ -28,7 +28,8 @@ from data_utils.datasets import SegmentationSplit, seg_models_dir, to_prn_resolu
 from data_utils.errors import InputError
 from data_utils.io import open_memmap_atomic, remove_stale_temporaries
 from data_utils.pseudo_labels import generate_pseudo_label_file
-from data_utils.spec import DatasetSpec, released_checkpoint_dir
+from data_utils import layout
+from data_utils.spec import DatasetSpec
 from patchrefinenet.checkpoint import LoadedCheckpoint, load_checkpoint, load_weights_strict
 from patchrefinenet.models import BASE_MODELS, build_base_model
 from patchrefinenet.models.prn import resolve_grid
@@ -44,16 +45,15 @@ _SIGNATURE_KEYS = {
     "PatchRefineNet (PRN)": "encoding.RRCNN1.Conv_1x1.weight",
 }
 
-# File names of the arrays handed to PRN, per split (the authors' names).
-ARRAY_NAMES = {"val": ("val_pred.npy", "val_orig_gt.npy"), "test": ("test_input.npy", "test_orig_gt.npy")}
-LABEL_PREFIX = {"val": "train_aux", "test": "test_aux"}
+# File names of the arrays handed to PRN, per split (the authors' names; defined in data_utils.layout).
+ARRAY_NAMES, LABEL_PREFIX = layout.ARRAYS, layout.LABEL_PREFIX
 
 
 # --------------------------------------------------------------------------- paths
 
 def refine_arrays_dir(spec: DatasetSpec, data_root: str | os.PathLike, model_name: str) -> Path:
     """``<data_root>/<ds>/refine-models/<model>/``: where the PRN arrays of this base model live."""
-    return Path(data_root) / spec.name / "refine-models" / model_name
+    return layout.refine_arrays_dir(data_root, spec.name, model_name)
 
 
 def pseudo_label_paths(spec: DatasetSpec, data_root: str | os.PathLike, model_name: str, split: str,
@@ -61,8 +61,7 @@ def pseudo_label_paths(spec: DatasetSpec, data_root: str | os.PathLike, model_na
     """(labels, thresholds) files of ``split`` for ``patch_size``-px patches:
     ``train_aux_gt_p_<P>.npy`` / ``train_aux_thresholds_p_<P>.npy`` for val (PRN's training set),
     ``test_aux_gt_p_<P>.npy`` / ``test_aux_thresholds_p_<P>.npy`` for test."""
-    folder, prefix = refine_arrays_dir(spec, data_root, model_name), LABEL_PREFIX[split]
-    return folder / f"{prefix}_gt_p_{patch_size}.npy", folder / f"{prefix}_thresholds_p_{patch_size}.npy"
+    return layout.pseudo_label_paths(refine_arrays_dir(spec, data_root, model_name), split, patch_size)
 
 
 def base_checkpoint_candidates(spec: DatasetSpec, model_name: str, output_root: str | os.PathLike) -> list[Path]:
@@ -71,10 +70,10 @@ def base_checkpoint_candidates(spec: DatasetSpec, model_name: str, output_root: 
     released file named in the dataset config under ``checkpoints/released/`` (where ``download.py``
     puts it; for DUTS sairajk's PFANet file), then that name in ``checkpoints/<model>/`` (where
     older versions put it). A model trained here is used without renaming anything (docs/authors-seg.md §S8.6)."""
-    folder = Path(output_root) / "checkpoints" / model_name
-    paths = [folder / f"{model_name}_weights.th"]
+    run = layout.RunFolders(Path(output_root), model_name)
+    paths = [run.weights]
     if model_name == spec.base_model:
-        paths += [released_checkpoint_dir(output_root) / spec.checkpoint, folder / spec.checkpoint]
+        paths += [run.released(spec.checkpoint), run.checkpoint_dir / spec.checkpoint]
     return list(dict.fromkeys(paths))
 
 

@@ -57,6 +57,7 @@ from data_utils.datasets import SegmentationSplit
 from data_utils.errors import InputError
 from data_utils.io import remove_stale_temporaries, write_text_atomic
 from data_utils.spec import DatasetSpec
+from data_utils.layout import RunFolders
 from patchrefinenet.checkpoint import load_checkpoint, load_weights_strict, save_checkpoint
 from patchrefinenet.models import BASE_MODELS, build_base_model, init_imagenet_backbone
 from patchrefinenet.rloss import REGULARIZERS, RegularizedLoss, default_weight, partial_cross_entropy
@@ -68,41 +69,16 @@ from patchrefinenet.training import (PlateauSchedule, capture_rng_state, log_to_
 log = logging.getLogger("patchrefinenet")
 
 
-@dataclass(frozen=True)
-class BaseRunPaths:
-    """Where a base-model run of ``model`` writes, under ``root`` (the dataset's seg-models folder)."""
-
-    root: Path
-    model: str
+class BaseRunPaths(RunFolders):
+    """Where a base-model run of ``model`` writes, under ``root`` (the dataset's seg-models folder):
+    :class:`data_utils.layout.RunFolders` with the base model's name."""
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return self.root / "checkpoints" / self.model
-
-    @property
-    def log_dir(self) -> Path:
-        return self.root / "logs" / self.model
-
-    @property
-    def weights(self) -> Path:
-        """Best weights so far (``<model>_weights.th``, the authors' name)."""
-        return self.checkpoint_dir / f"{self.model}_weights.th"
-
-    @property
-    def last(self) -> Path:
-        """Resume file, rewritten after every epoch."""
-        return self.checkpoint_dir / f"{self.model}_last.th"
-
-    @property
-    def history(self) -> Path:
-        return self.log_dir / f"{self.model}_train_history.jsonl"
-
-    @property
-    def train_config(self) -> Path:
-        return self.log_dir / f"{self.model}_train_config.json"
+    def model(self) -> str:
+        return self.name
 
     def train_log(self, stamp: str) -> Path:
-        return self.log_dir / f"{self.model}_log_{stamp}.log"
+        return self.log_dir / f"{self.name}_log_{stamp}.log"  # the base scripts' name
 
 
 # --------------------------------------------------------------------------- the objective
