@@ -198,7 +198,8 @@ class _Run:
             raise InputError(f"{self.out.last} holds no training state; it is not a resume file")
         saved_model = (ck.config or {}).get("model", {})
         # a key missing from an older file had its default value then (e.g. ``residual``)
-        saved_train = {**_DEFAULTS, **(ck.config or {}).get("train", {})}
+        # (files from before held-out selection existed trained on every map: their select was 0)
+        saved_train = {**_DEFAULTS, "select": 0.0, **(ck.config or {}).get("train", {})}
         diffs = [f"{k}: saved {saved_train.get(k)!r}, now {getattr(self.cfg, k)!r}"
                  for k in _RUN_KEYS if saved_train.get(k) != getattr(self.cfg, k)]
         if saved_model.get("grid") != self.prn_config.grid:
