@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from data_utils.errors import InputError
-from patchrefinenet.cli.common import cli_entry, setup_logging, str2bool
+from patchrefinenet.cli.common import add_threads_argument, cli_entry, configure_cli_threads, setup_logging, str2bool
 from patchrefinenet.cli.fields import add_field_options, field_values
 
 log = logging.getLogger("patchrefinenet")
@@ -78,6 +78,7 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--progress", type=str2bool, default=True, help="show progress bars (default: True)")
         _bool(p, "--overwrite", "replace existing output files")
+        add_threads_argument(p)
         return p
 
     fit = command("fit", "train a PRN on labelled probability maps and save it")
@@ -280,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser, train_names = _parser()
     args = parser.parse_args(argv)
     setup_logging()
+    configure_cli_threads(args.threads)
     if args.command == "fit":
         summary = _fit(args, train_names)
     elif args.command == "refine":

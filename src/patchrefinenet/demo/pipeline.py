@@ -40,7 +40,8 @@ from data_utils.arrays import open_maps
 from data_utils.io import write_text_atomic
 from data_utils.spec import DatasetSpec, spec_to_toml
 from data_utils.synthetic import DATASETS, write_demo_dataset
-from patchrefinenet.cli.common import cli_entry, keep_log_file, repo_root, setup_logging
+from patchrefinenet.cli.common import (add_threads_argument, cli_entry, configure_cli_threads, keep_log_file, repo_root,
+                                       setup_logging)
 from patchrefinenet.demo.config import SCENARIOS, DemoConfig, DemoPaths, base_model_kwargs, demo_spec
 
 log = logging.getLogger("patchrefinenet")
@@ -132,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
                         "latter, and add their rows to the table (trains two more base models: well over twice the "
                         "default run's time)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_threads_argument(p)
     return p
 
 
@@ -168,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             stages.insert(stages.index("report") if "report" in stages else len(stages), "weak")
         for stage in stages:
             t0 = time.perf_counter()
+            configure_cli_threads(args.threads)  # per stage: the load of other processes may change
             if stage == "data":
                 run_data(cfg, paths, progress)
             elif stage == "base":
