@@ -166,3 +166,36 @@ def test_grid_for_patch_sizes_and_names():
     assert grid_for(512, None, [(512, 512)]).grid == 0
     with pytest.raises(InputError, match="perfect square"):
         grid_for(None, "p5", [(64, 64)])
+
+
+def test_bootstrap_bound_is_low_when_the_gain_rests_on_one_map():
+    from patchrefinenet.selection import bootstrap_gain_lower
+
+    base = np.array([[50, 10, 10]] * 10)  # (TP, FP, FN) per map
+    steady = base + np.array([5, -5, -5])  # PRN better on every map
+    lucky = base.copy()
+    lucky[0] = [500, 0, 0]  # one map carries the whole pooled gain; the rest get worse
+    lucky[1:] = [45, 15, 15]
+    assert bootstrap_gain_lower(steady, base) > 0
+    pooled = lambda c: (c[:, 0].sum() + 1) / (c.sum() + 1)  # noqa: E731
+    assert pooled(lucky) > pooled(base)  # the point estimate says PRN wins ...
+    assert bootstrap_gain_lower(lucky, base) < 0  # ... but not with 90 % confidence
+    assert bootstrap_gain_lower(lucky, base) == bootstrap_gain_lower(lucky, base)  # seeded
+
+
+def test_guard_falls_back_when_the_held_out_gain_is_not_confident():
+    """PRN's pooled score beats the base map by far more than the margin, but per map the gain rests
+    on one map: the guard keeps the base map, and says why."""
+    rng = np.random.default_rng(0)
+    gt = torch.from_numpy((rng.random((4, 1, 32, 32)) < 0.3).astype(np.float32))
+    base = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))  # uninformative
+    prn = 0.1 + 0.8 * gt  # a head that is right everywhere
+    scores = RuleScores(has_local=False)
+    scores.update(base, prn, None, gt)
+    one_map = np.array([[10_000, 0, 0], [1, 3, 3], [1, 3, 3], [1, 3, 3]])
+    flat = np.array([[5, 3, 3]] * 4)
+    confident = choose_rule(scores, margin=0.005)  # no per-map counts: the margin alone decides
+    assert not confident.fell_back and confident.gain_lower is None
+    sel = choose_rule(scores, margin=0.005, per_map=(one_map, flat))
+    assert sel.prn_score > sel.base_score + 0.005 and sel.gain_lower < 0
+    assert sel.fell_back and sel.rule.head == "base" and "confidence" in sel.message()

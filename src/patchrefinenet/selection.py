@@ -253,16 +253,23 @@ class Selection:
     forced: bool
     scores: dict[str, float]
     n_maps: int
+    confidence: float = 0.0  # bootstrap confidence that PRN beats the base map (0: not required)
+    gain_lower: float | None = None  # the matching lower bound of the gain (None: not computed)
 
     def message(self) -> str:
         gain = 100 * (self.prn_score - self.base_score)
         head = (f"on {self.n_maps} held-out maps, best PRN rule {self.prn_rule.name} scores {self.prn_score:.4f} "
                 f"{self.metric} vs {self.base_score:.4f} for the base map at its best global threshold "
                 f"({self.base_rule.name}): {gain:+.2f} points")
+        if self.gain_lower is not None:
+            head += (f" ({100 * self.confidence:.0f} % bootstrap lower bound over the maps: "
+                     f"{100 * self.gain_lower:+.2f})")
         if self.fell_back:
-            return (head + f" — below the required margin of {100 * self.margin:.2f} points, so the refiner "
-                    f"returns the base map at threshold {self.rule.threshold:g} (PRN would not improve "
-                    "these maps; force_prn=True / --force_prn True overrides)")
+            why = (f"below the required margin of {100 * self.margin:.2f} points"
+                   if self.prn_score < self.base_score + self.margin else
+                   f"not better than the base map with {100 * self.confidence:.0f} % confidence")
+            return (head + f" — {why}, so the refiner returns the base map at threshold {self.rule.threshold:g} "
+                    "(PRN would not reliably improve these maps; force_prn=True / --force_prn True overrides)")
         if self.forced and self.prn_score < self.base_score + self.margin:
             return head + " — PRN forced although it does not beat the base map by the margin"
         return head + f" — applying {self.rule.name}"
@@ -280,25 +287,58 @@ class Selection:
         return cls(**d)
 
 
+def bootstrap_gain_lower(prn_counts: np.ndarray, base_counts: np.ndarray, metric: str = "pooled_iou",
+                         confidence: float = 0.9, resamples: int = 2000, seed: int = 0) -> float:
+    """A one-sided ``confidence`` lower bound of (PRN score − base score) over the held-out maps.
+
+    ``prn_counts``, ``base_counts``: (n_maps, 3) per-map TP, FP, FN of the two rules. The maps are
+    resampled with replacement ``resamples`` times (seeded); each resample's pooled scores give one
+    gain; the bound is the (1 − confidence) quantile. A gain that rests on one or two maps gets a
+    low bound: with a small selection set, the point estimate alone is a noisy guard.
+    """
+    n = len(prn_counts)
+    if n == 0 or len(base_counts) != n:
+        raise InputError("bootstrap_gain_lower: needs per-map counts of both rules for the same maps")
+    picks = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+    def score(counts: np.ndarray) -> np.ndarray:
+        tp, fp, fn = (counts[picks, k].sum(1).astype(np.float64) for k in range(3))
+        if metric == "dice":
+            den = 2 * tp + fp + fn
+            return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 1.0)
+        return (tp + 1.0) / (tp + fp + fn + 1.0)
+
+    return float(np.quantile(score(prn_counts) - score(base_counts), 1.0 - confidence))
+
+
 def choose_rule(scores: RuleScores, *, margin: float = 0.005, force_prn: bool = False,
-                fallback_threshold: float | None = None, n_maps: int = 0) -> Selection:
+                fallback_threshold: float | None = None, n_maps: int = 0,
+                per_map: tuple[np.ndarray, np.ndarray] | None = None, confidence: float = 0.9) -> Selection:
     """Pick the refiner's rule from held-out ``scores``.
 
     The best PRN rule is used when it beats the base map at its best global threshold (both tuned
-    and scored on the same held-out maps) by at least ``margin``; otherwise the base map is
-    returned at ``fallback_threshold`` (default: the held-out best), unless ``force_prn``.
+    and scored on the same held-out maps) by at least ``margin`` and — given ``per_map`` counts of
+    the two rules, see :func:`bootstrap_gain_lower` — is better than it with ``confidence``;
+    otherwise the base map is returned at ``fallback_threshold`` (default: the held-out best),
+    unless ``force_prn``.
     """
     if not margin >= 0:
         raise InputError(f"margin must be >= 0 (a share of the metric, e.g. 0.005 = half a point), got {margin}")
+    if not 0 <= confidence < 1:
+        raise InputError(f"confidence must be in [0, 1) (0.9 = a 90 % one-sided bound), got {confidence}")
     prn_rule, prn_score = scores.best_prn()
     tau, base_score = scores.sweeps["base"].best(scores.metric)
     base_rule = Rule("base", tau)
-    wins = prn_score >= base_score + margin
+    lower = None
+    if per_map is not None and confidence > 0:
+        lower = bootstrap_gain_lower(*per_map, metric=scores.metric, confidence=confidence)
+    wins = prn_score >= base_score + margin and (lower is None or lower > 0)
     fell_back = not wins and not force_prn
     rule = Rule("base", tau if fallback_threshold is None else fallback_threshold) if fell_back else prn_rule
     return Selection(rule, prn_rule, prn_score, base_rule, base_score, float(margin), scores.metric, fell_back,
-                     bool(force_prn), scores.table(), int(n_maps))
+                     bool(force_prn), scores.table(), int(n_maps), float(confidence if lower is not None else 0.0),
+                     lower)
 
 
 __all__ = ["METRICS", "RULE_HEADS", "SWEEP_THRESHOLDS", "Rule", "RuleScores", "Selection", "ThresholdSweep",
-           "apply_rule", "authors_combination", "choose_rule"]
+           "apply_rule", "authors_combination", "bootstrap_gain_lower", "choose_rule"]

@@ -49,6 +49,8 @@ class RefineTrainConfig:
     select_metric: str = _f("pooled_iou", "held-out selection metric: pooled_iou or dice")
     margin: float = _f(0.005, "gain over the base map's best global threshold PRN must show on the held-out maps "
                               "(0.005 = half a point)")
+    confidence: float = _f(0.9, "PRN is kept only if, resampling the held-out maps, it beats the base map with this "
+                                "confidence (one-sided bootstrap bound); 0 = the margin alone")
     force_prn: bool = _f(False, "keep the best PRN rule even if it loses to the base map")
     epochs: int = _f(300, "max epochs")
     lr: float = _f(8e-4, "initial Adam learning rate")
@@ -98,6 +100,8 @@ class RefineTrainConfig:
             raise InputError(f"--select {self.select}: the held-out share must be in [0, 1) (0 = none, the authors')")
         if self.select_metric not in METRICS:
             raise InputError(f"--select_metric {self.select_metric!r}: choose one of {', '.join(METRICS)}")
+        if not 0 <= self.confidence < 1:
+            raise InputError(f"--confidence {self.confidence}: must be in [0, 1) (0.9 = a 90 % one-sided bound)")
         if not (math.isfinite(self.margin) and self.margin >= 0):
             raise InputError(f"--margin {self.margin}: must be a finite number >= 0 (0.005 = half a point)")
 

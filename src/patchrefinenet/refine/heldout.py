@@ -18,7 +18,7 @@ from data_utils.errors import InputError
 from data_utils.pseudo_labels import patch_pseudo_labels
 from patchrefinenet.maps import MapSource, aligned_masks, as_source, batches, check_same_size, stack
 from patchrefinenet.refine.data import apply_augmentation, draw_augmentation
-from patchrefinenet.selection import RuleScores, Selection, ThresholdSweep, choose_rule
+from patchrefinenet.selection import Rule, RuleScores, Selection, ThresholdSweep, apply_rule, choose_rule
 from patchrefinenet.training import autocast_context
 
 
@@ -114,11 +114,31 @@ def make_selector(probs: MapSource, masks: MapSource, indices: list[int], device
     return selector
 
 
+def per_map_counts(model: torch.nn.Module, rules: tuple[Rule, Rule], probs: MapSource, masks: MapSource,
+                   indices: list[int], device: torch.device, bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-map (TP, FP, FN) of two rules on maps ``indices``: two (n, 3) int64 arrays."""
+    out: tuple[list, list] = ([], [])
+    model.eval()
+    for run in batches(probs, indices, 4):
+        x, gt = stack(probs, run).to(device), stack(masks, run).to(device) > 0.5
+        with torch.inference_mode(), autocast_context(device, bf16 and device.type == "cuda"):
+            g, loc = model(x)
+            g, loc = g.float(), None if loc is None else loc.float()
+            for rule, counts in zip(rules, out):
+                mask = apply_rule(rule, x, g, loc)[1]
+                c = torch.stack([(mask & gt).sum((1, 2, 3)), (mask & ~gt).sum((1, 2, 3)), (~mask & gt).sum((1, 2, 3))], 1)
+                counts.append(c.cpu().numpy())
+    return np.concatenate(out[0]).astype(np.int64), np.concatenate(out[1]).astype(np.int64)
+
+
 def final_selection(model: torch.nn.Module, sel: tuple[MapSource, MapSource, list[int]],
                     fit: tuple[MapSource, MapSource, list[int]], device: torch.device, *, metric: str,
-                    margin: float, force_prn: bool, bf16: bool = False, progress: bool = False) -> Selection:
+                    margin: float, force_prn: bool, confidence: float = 0.9, bf16: bool = False,
+                    progress: bool = False) -> Selection:
     """Score the trained model's rules on the selection maps and choose one (the do-no-harm guard).
 
+    PRN is kept only if its best rule beats the base map's best global threshold by ``margin`` and,
+    resampling the held-out maps, with ``confidence`` (:func:`~patchrefinenet.selection.bootstrap_gain_lower`).
     The fallback threshold of the base map is tuned on the fit and selection maps together: the
     base model never saw either, so every labelled map may inform its one number.
     """
@@ -128,9 +148,12 @@ def final_selection(model: torch.nn.Module, sel: tuple[MapSource, MapSource, lis
     for run in batches(probs, indices, 8):
         base.update(stack(probs, run), stack(masks, run))
     base.merge(scores.sweeps["base"])
+    prn_rule, _ = scores.best_prn()
+    base_rule = Rule("base", scores.sweeps["base"].best(metric)[0])
+    per_map = per_map_counts(model, (prn_rule, base_rule), *sel, device, bf16) if confidence > 0 else None
     return choose_rule(scores, margin=margin, force_prn=force_prn, fallback_threshold=base.best(metric)[0],
-                       n_maps=len(sel[2]))
+                       n_maps=len(sel[2]), per_map=per_map, confidence=confidence)
 
 
-__all__ = ["EpochSubset", "PairDataset", "cell_size", "final_selection", "make_selector", "score_rules",
-           "selection_sources", "split_for_selection"]
+__all__ = ["EpochSubset", "PairDataset", "cell_size", "final_selection", "make_selector", "per_map_counts",
+           "score_rules", "selection_sources", "split_for_selection"]

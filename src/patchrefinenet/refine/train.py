@@ -301,7 +301,8 @@ class _Run:
         model.set_batch_statistics(False).eval()
         cfg = self.cfg
         selection = final_selection(model, self.held_out, self.fit_part, self.device, metric=cfg.select_metric,
-                                    margin=cfg.margin, force_prn=cfg.force_prn, bf16=self.bf16)
+                                    margin=cfg.margin, force_prn=cfg.force_prn, confidence=cfg.confidence,
+                                    bf16=self.bf16)
         (log.warning if selection.fell_back else log.info)("selection: %s", selection.message())
         if self.info.is_main:
             config = {**(ck.config or self.config_record),
