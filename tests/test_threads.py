@@ -20,9 +20,10 @@ from patchrefinenet.training import choose_threads, configure_threads, physical_
         (None, 2, None, 0.0, 2),  # load unknown: every core
         (0, 2, 1.0, 0.0, 1),  # one competing busy process on 2 cores
         (0, 2, 4.6, 0.0, 1),  # load 3-5 (the measured case): never below 1
-        (0, 8, 2.4, 0.0, 6),  # 2.4 busy others round to 2
-        (0, 8, 2.6, 0.0, 5),  # 2.6 round to 3
-        (0, 8, 0.5, 0.0, 7),  # half a busy process counts as one
+        (0, 8, 2.4, 0.0, 6),  # 2.4 busy others: 2 cores taken
+        (0, 8, 2.8, 0.0, 5),  # 2.8: 3 cores taken (from 0.75 of a process on, a core counts)
+        (0, 8, 0.5, 0.0, 8),  # half a busy process (often the decaying load of a finished job): no core taken
+        (0, 2, 0.8, 0.0, 1),  # 0.8 of a busy process takes a core
         (0, 2, 2.0, 2.0, 2),  # the load is this process' own earlier work (the demo's previous step)
         (0, 4, 3.0, 1.0, 2),  # two busy others besides this process' share
         (0, 4, 1.0, 3.0, 4),  # own share overestimated: never more than the cores

@@ -187,7 +187,7 @@ def choose_threads(requested: int | None, cores: int, load_1min: float | None = 
     torch's thread pool waits at every operator for all its threads; when another process holds a
     core, one of them is not running and every operator waits for it (measured on 2 cores under a
     load of 3–5: base-model training 0.5 → 6–7 s/batch). So the automatic choice leaves the cores
-    that other processes keep busy: ``max(1, cores − round(load_1min − own_load))``, where
+    that other processes keep busy: ``max(1, cores − ⌊load_1min − own_load + 0.25⌋)``, where
     ``own_load`` is this process's share of the load average (see :func:`configure_threads`).
     ``load_1min`` None (unknown) means a quiet machine. ``processes``: ranks of one job on this
     machine (torchrun's ``LOCAL_WORLD_SIZE``), which share the free cores.
@@ -197,7 +197,9 @@ def choose_threads(requested: int | None, cores: int, load_1min: float | None = 
     free = max(1, int(cores))
     if load_1min is not None:
         others = max(0.0, float(load_1min) - max(0.0, float(own_load)))
-        free = max(1, free - math.floor(others + 0.5))
+        # a core counts as taken from 0.75 of a busy process on: the 1-minute average decays slowly, so
+        # ~0.5 left over from a job that ended half a minute ago is more often the past than a competitor
+        free = max(1, free - math.floor(others + 0.25))
     return max(1, free // max(1, int(processes)))
 
 
