@@ -24,13 +24,15 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record, table  # noqa: E402
 
 from data_utils.augment import AUGMENTATIONS  # noqa: E402
-from data_utils.datasets import SegmentationSplit, _follow_geometry, read_image, scribble_path  # noqa: E402
+from data_utils.datasets import (SegmentationSplit, _follow_geometry, read_image, resize_scribble,  # noqa: E402
+                                 scribble_path)
 from data_utils.scribbles import read_scribble  # noqa: E402
 from data_utils.synthetic import DATASETS, write_demo_dataset  # noqa: E402
 from patchrefinenet.demo.config import DemoConfig, demo_spec  # noqa: E402
@@ -75,8 +77,16 @@ def main(argv: list[str] | None = None) -> dict:
     weak = SegmentationSplit(spec, data_root, "train", augment=True, scribbles=True)
     paths = [scribble_path(spec, data_root, s) for s in weak.samples]
     augmentation = AUGMENTATIONS[spec.train.augmentation]
-    images = [read_image(s.image_path).astype(np.float32) for s in weak.samples]
-    scribbles = [read_scribble(q) for q in paths]
+    size = (spec.input_size, spec.input_size)
+    images, scribbles = [], []
+    for s, q in zip(weak.samples, paths):  # as _prepare hands them to the augmentation
+        image, scribble = read_image(s.image_path), read_scribble(q)
+        if spec.pad_to_square:
+            images.append(image.astype(np.float32))
+        else:
+            images.append(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+            scribble = resize_scribble(scribble, size)
+        scribbles.append(scribble)
 
     def follow(i: int) -> None:
         rng = np.random.default_rng((0, 0, i))
