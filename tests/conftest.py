@@ -35,3 +35,23 @@ def _restore_patchrefinenet_logger():
         logger.removeHandler(handler)
     logger.setLevel(level)
     logger.propagate = propagate
+
+
+@pytest.fixture
+def log_messages():
+    """``log_messages(func) -> (func(), [messages the patchrefinenet logger emitted at INFO or above])``."""
+    def capture(func):
+        logger = logging.getLogger("patchrefinenet")
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logger.addHandler(handler)
+        level = logger.level
+        logger.setLevel(logging.INFO)
+        try:
+            return func(), [r.getMessage() for r in records]
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+    return capture

@@ -3,7 +3,6 @@ strict loading with explanations, and the authors' exact P64/P4/P0 key lists (do
 from __future__ import annotations
 
 import io
-import logging
 import os
 import zipfile
 from pathlib import Path
@@ -629,29 +628,14 @@ out_local.0.bias                                           1
 """
 
 
-def _log_lines(func) -> tuple[object, list[str]]:
-    logger = logging.getLogger("patchrefinenet")
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        return func(), [r.getMessage() for r in records]
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 @pytest.mark.parametrize("grid", [2, 4, 8])
-def test_bare_state_dict_of_our_own_prn_keeps_its_grid_and_no_quirk(tmp_path, grid):
+def test_bare_state_dict_of_our_own_prn_keeps_its_grid_and_no_quirk(tmp_path, grid, log_messages):
     """Another width: not the authors' layout, so never their P64 (no quirk, the requested grid)."""
     torch.manual_seed(0)
     ours = PRN(PRNConfig(grid=grid, width=8)).eval()
     torch.save(ours.state_dict(), tmp_path / "mine.th")
     assert infer_authors_variant(ours.state_dict())[0] is None
-    (model, _), lines = _log_lines(lambda: load_prn(tmp_path / "mine.th", requested_grid=grid))
+    (model, _), lines = log_messages(lambda: load_prn(tmp_path / "mine.th", requested_grid=grid))
     assert model.config.grid == grid and not model.config.row7_quirk
     assert any("our PRN weights" in line and f"grid {grid}" in line for line in lines)
     x = torch.rand(1, 1, 64, 64)
@@ -659,10 +643,10 @@ def test_bare_state_dict_of_our_own_prn_keeps_its_grid_and_no_quirk(tmp_path, gr
         assert all(torch.equal(a, b) for a, b in zip(model(x), ours(x)))
 
 
-def test_authors_p64_layout_gets_the_quirk_only_on_auto_and_8x8(tmp_path):
+def test_authors_p64_layout_gets_the_quirk_only_on_auto_and_8x8(tmp_path, log_messages):
     path = tmp_path / "p64_weights.th"
     torch.save(authors_state_dict("p64"), path)
-    (model, _), lines = _log_lines(lambda: load_prn(path, requested_grid=8))
+    (model, _), lines = log_messages(lambda: load_prn(path, requested_grid=8))
     assert model.config.row7_quirk and any("authors' p64" in line and "--row7_quirk False" in line for line in lines)
     assert not load_prn(path, requested_grid=8, row7_quirk=False)[0].config.row7_quirk
     on_4x4 = load_prn(path, requested_grid=4)[0].config  # p16 asked: honoured, the quirk exists only on 8×8

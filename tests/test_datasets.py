@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import warnings
 from pathlib import Path
 
@@ -387,27 +386,16 @@ def test_augment_without_rng_is_refused(deepglobe):
         load_sample(spec, read_split(spec, root, "train")[0], augment=True)
 
 
-def test_masks_stored_as_zero_one_are_read_as_binary_and_said_once(deepglobe):
+def test_masks_stored_as_zero_one_are_read_as_binary_and_said_once(deepglobe, log_messages):
     root, spec = deepglobe
     samples = read_split(spec, root, "train")
     expected = load_sample(spec, samples[0])[1]  # from the 0/255 files
     assert expected.any()
     for s in samples:  # the same masks stored as 0/1
         write_exact(s.mask_path, (cv2.imread(str(s.mask_path), cv2.IMREAD_GRAYSCALE) > 0).astype(np.uint8))
-    logger = logging.getLogger("patchrefinenet")
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        got = [load_sample(spec, s)[1] for s in samples]
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    got, messages = log_messages(lambda: [load_sample(spec, s)[1] for s in samples])
     np.testing.assert_array_equal(got[0], expected)
-    said = [r.getMessage() for r in records if "0/1" in r.getMessage()]
+    said = [m for m in messages if "0/1" in m]
     assert len(said) == 1 and str(samples[0].mask_path.parent) in said[0]
 
 

@@ -23,15 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 N, SIZE = 6, 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions are dominated by thread hand-offs; one thread is ~10x faster on a shared box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _maps(rng, n):
     gt = np.zeros((n, SIZE, SIZE), np.uint8)
     for i in range(n):  # a random rectangle per image

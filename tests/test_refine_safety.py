@@ -19,14 +19,6 @@ from patchrefinenet.refine import RefinePredictConfig, RefineTrainConfig, predic
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _write_maps(folder: Path, n: int, seed: int, names=("val_pred.npy", "val_orig_gt.npy"), size: int = SIZE) -> None:
     rng = np.random.default_rng(seed)
     gt = np.zeros((n, size, size, 1), np.float32)
