@@ -38,17 +38,12 @@ from patchrefinenet.checkpoint import save_checkpoint
 from patchrefinenet.maps import aligned_masks, as_source, batches, check_same_size, stack
 from patchrefinenet.metrics import CalibrationMeter, SegmentationMeter
 from patchrefinenet.models.prn import PRN, GridChoice, load_prn
+from patchrefinenet.refine.config import OWN_FIELDS
 from patchrefinenet.refine.heldout import cell_size, selection_sources
 from patchrefinenet.selection import Rule, Selection, apply_rule
 from patchrefinenet.training import autocast_context, resolve_device
 
 log = logging.getLogger("patchrefinenet")
-
-# Settings of RefineTrainConfig that Refiner.fit sets itself (the rest are keyword arguments);
-# the selection settings are named arguments of fit.
-SELECTION_FIELDS = ("select", "select_metric", "margin", "force_prn")
-OWN_FIELDS = {"data_dir", "output_root", "aux_model", "patch_size", "dataset", "base_model", "progress",
-              *SELECTION_FIELDS}
 
 
 # --------------------------------------------------------------------------- geometry

@@ -64,8 +64,7 @@ def _bool(parser: argparse.ArgumentParser, name: str, help_text: str, default: b
 
 
 def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
-    from patchrefinenet.refine.config import RefineTrainConfig
-    from patchrefinenet.refiner import OWN_FIELDS, SELECTION_FIELDS
+    from patchrefinenet.refine.config import OWN_FIELDS, SELECTION_FIELDS, RefineTrainConfig
 
     parser = argparse.ArgumentParser(
         prog="patchrefinenet", formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -109,7 +109,13 @@ class RefineTrainConfig:
         return asdict(self)
 
 
+#: The selection settings, named arguments of ``Refiner.fit``.
+SELECTION_FIELDS = ("select", "select_metric", "margin", "force_prn")
+#: Fields ``Refiner.fit`` sets itself or takes as named arguments (the rest are its ``**train`` keywords).
+OWN_FIELDS = {"data_dir", "output_root", "aux_model", "patch_size", "dataset", "base_model", "progress",
+              *SELECTION_FIELDS}
+
 #: Default value of every field that has one (resume files from older versions may lack new keys).
 DEFAULTS = {f.name: f.default for f in fields(RefineTrainConfig) if f.default is not MISSING}
 
-__all__ = ["DEFAULTS", "METRICS", "RefineTrainConfig"]
+__all__ = ["DEFAULTS", "METRICS", "OWN_FIELDS", "RefineTrainConfig", "SELECTION_FIELDS"]
