@@ -199,3 +199,13 @@ def test_guard_falls_back_when_the_held_out_gain_is_not_confident():
     sel = choose_rule(scores, margin=0.005, per_map=(one_map, flat))
     assert sel.prn_score > sel.base_score + 0.005 and sel.gain_lower < 0
     assert sel.fell_back and sel.rule.head == "base" and "confidence" in sel.message()
+
+
+def test_held_out_maps_split_into_disjoint_choose_and_judge_halves():
+    from patchrefinenet.refine.heldout import halves
+
+    held = (None, None, [3, 5, 8, 13, 21, 34, 55])
+    (_, _, choose), (_, _, judge) = halves(held, seed=1)
+    assert sorted(choose + judge) == held[2] and not set(choose) & set(judge)
+    assert len(judge) == 3 and halves(held, seed=1)[1][2] == judge  # deterministic for a seed
+    assert halves((None, None, [4]), seed=0) == ((None, None, [4]), None)  # one map: no judge half

@@ -255,10 +255,13 @@ class Selection:
     n_maps: int
     confidence: float = 0.0  # bootstrap confidence that PRN beats the base map (0: not required)
     gain_lower: float | None = None  # the matching lower bound of the gain (None: not computed)
+    n_judge: int = 0  # of the n_maps, those that only judged (0: the same maps chose and judged)
 
     def message(self) -> str:
         gain = 100 * (self.prn_score - self.base_score)
-        head = (f"on {self.n_maps} held-out maps, best PRN rule {self.prn_rule.name} scores {self.prn_score:.4f} "
+        where = (f"on {self.n_judge} held-out maps that took no part in choosing (of {self.n_maps})"
+                 if self.n_judge else f"on {self.n_maps} held-out maps")
+        head = (f"{where}, best PRN rule {self.prn_rule.name} scores {self.prn_score:.4f} "
                 f"{self.metric} vs {self.base_score:.4f} for the base map at its best global threshold "
                 f"({self.base_rule.name}): {gain:+.2f} points")
         if self.gain_lower is not None:
@@ -313,12 +316,14 @@ def bootstrap_gain_lower(prn_counts: np.ndarray, base_counts: np.ndarray, metric
 
 def choose_rule(scores: RuleScores, *, margin: float = 0.005, force_prn: bool = False,
                 fallback_threshold: float | None = None, n_maps: int = 0,
-                per_map: tuple[np.ndarray, np.ndarray] | None = None, confidence: float = 0.9) -> Selection:
+                per_map: tuple[np.ndarray, np.ndarray] | None = None, confidence: float = 0.9,
+                n_judge: int = 0) -> Selection:
     """Pick the refiner's rule from held-out ``scores``.
 
-    The best PRN rule is used when it beats the base map at its best global threshold (both tuned
-    and scored on the same held-out maps) by at least ``margin`` and — given ``per_map`` counts of
-    the two rules, see :func:`bootstrap_gain_lower` — is better than it with ``confidence``;
+    The best PRN rule is used when it beats the base map at its best global threshold (both tuned on
+    the held-out maps of ``scores``) by at least ``margin`` and — given ``per_map`` counts of the two
+    rules, which then also give the compared scores (e.g. on other maps, ``n_judge`` of them), see
+    :func:`bootstrap_gain_lower` — is better than it with ``confidence``;
     otherwise the base map is returned at ``fallback_threshold`` (default: the held-out best),
     unless ``force_prn``.
     """
@@ -330,14 +335,24 @@ def choose_rule(scores: RuleScores, *, margin: float = 0.005, force_prn: bool = 
     tau, base_score = scores.sweeps["base"].best(scores.metric)
     base_rule = Rule("base", tau)
     lower = None
-    if per_map is not None and confidence > 0:
-        lower = bootstrap_gain_lower(*per_map, metric=scores.metric, confidence=confidence)
+    if per_map is not None:
+        prn_score, base_score = (_pooled_score(c, scores.metric) for c in per_map)
+        if confidence > 0:
+            lower = bootstrap_gain_lower(*per_map, metric=scores.metric, confidence=confidence)
     wins = prn_score >= base_score + margin and (lower is None or lower > 0)
     fell_back = not wins and not force_prn
     rule = Rule("base", tau if fallback_threshold is None else fallback_threshold) if fell_back else prn_rule
     return Selection(rule, prn_rule, prn_score, base_rule, base_score, float(margin), scores.metric, fell_back,
                      bool(force_prn), scores.table(), int(n_maps), float(confidence if lower is not None else 0.0),
-                     lower)
+                     lower, int(n_judge))
+
+
+def _pooled_score(counts: np.ndarray, metric: str) -> float:
+    """Pooled IoU ((TP+1)/(TP+FP+FN+1)) or Dice of (n, 3) per-map TP/FP/FN counts."""
+    tp, fp, fn = (float(v) for v in np.asarray(counts).sum(0))
+    if metric == "dice":
+        return 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn > 0 else 1.0
+    return (tp + 1.0) / (tp + fp + fn + 1.0)
 
 
 __all__ = ["METRICS", "RULE_HEADS", "SWEEP_THRESHOLDS", "Rule", "RuleScores", "Selection", "ThresholdSweep",

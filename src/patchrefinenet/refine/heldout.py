@@ -81,6 +81,22 @@ def split_for_selection(n: int, select: float, seed: int) -> tuple[list[int], li
     return sorted(int(i) for i in order[k:]), sorted(int(i) for i in order[:k])
 
 
+def halves(held_out: tuple[MapSource, MapSource, list[int]], seed: int
+           ) -> tuple[tuple[MapSource, MapSource, list[int]], tuple[MapSource, MapSource, list[int]] | None]:
+    """Split held-out maps into a *choose* half (the epoch, the rule and its threshold are picked
+    there) and a *judge* half (PRN is compared with the base map there, on maps that took no part in
+    choosing: the best of many candidates looks better on the maps it was picked on than it is).
+    With fewer than 2 maps there is no judge half (None): the same maps do both."""
+    probs, masks, indices = held_out
+    if len(indices) < 2:
+        return held_out, None
+    order = np.random.default_rng((seed, 1)).permutation(len(indices))
+    k = len(indices) // 2
+    judge = sorted(indices[i] for i in order[:k])
+    choose = sorted(indices[i] for i in order[k:])
+    return (probs, masks, choose), (probs, masks, judge)
+
+
 def selection_sources(select_probs: Any, select_masks: Any) -> tuple[MapSource, MapSource]:
     """An explicit selection set as paired sources."""
     probs = as_source(select_probs, "probs", "select probs")
@@ -131,29 +147,34 @@ def per_map_counts(model: torch.nn.Module, rules: tuple[Rule, Rule], probs: MapS
     return np.concatenate(out[0]).astype(np.int64), np.concatenate(out[1]).astype(np.int64)
 
 
-def final_selection(model: torch.nn.Module, sel: tuple[MapSource, MapSource, list[int]],
+def final_selection(model: torch.nn.Module, choose: tuple[MapSource, MapSource, list[int]],
+                    judge: tuple[MapSource, MapSource, list[int]] | None,
                     fit: tuple[MapSource, MapSource, list[int]], device: torch.device, *, metric: str,
                     margin: float, force_prn: bool, confidence: float = 0.9, bf16: bool = False,
                     progress: bool = False) -> Selection:
-    """Score the trained model's rules on the selection maps and choose one (the do-no-harm guard).
+    """Choose the output rule on the ``choose`` maps, then judge it on the ``judge`` maps (the
+    do-no-harm guard, docs/refiner.md).
 
-    PRN is kept only if its best rule beats the base map's best global threshold by ``margin`` and,
-    resampling the held-out maps, with ``confidence`` (:func:`~patchrefinenet.selection.bootstrap_gain_lower`).
-    The fallback threshold of the base map is tuned on the fit and selection maps together: the
-    base model never saw either, so every labelled map may inform its one number.
+    The best PRN rule (and its threshold) and the base map's best global threshold are picked on
+    ``choose``; PRN is kept only if, on ``judge``, it beats that base rule by ``margin`` and,
+    resampling those maps, with ``confidence`` (:func:`~patchrefinenet.selection.bootstrap_gain_lower`).
+    Without judge maps, ``choose`` serves both. The fallback threshold of the base map is tuned on
+    every labelled map: the base model never saw them, so all may inform its one number.
     """
-    scores = score_rules(model, *sel, device, metric, bf16, progress)
+    scores = score_rules(model, *choose, device, metric, bf16, progress)
+    judged = judge if judge is not None else choose
     base = ThresholdSweep()
-    probs, masks, indices = fit
-    for run in batches(probs, indices, 8):
-        base.update(stack(probs, run), stack(masks, run))
+    for probs, masks, indices in (fit, judged):
+        for run in batches(probs, indices, 8):
+            base.update(stack(probs, run), stack(masks, run))
     base.merge(scores.sweeps["base"])
     prn_rule, _ = scores.best_prn()
     base_rule = Rule("base", scores.sweeps["base"].best(metric)[0])
-    per_map = per_map_counts(model, (prn_rule, base_rule), *sel, device, bf16) if confidence > 0 else None
+    per_map = per_map_counts(model, (prn_rule, base_rule), *judged, device, bf16)
     return choose_rule(scores, margin=margin, force_prn=force_prn, fallback_threshold=base.best(metric)[0],
-                       n_maps=len(sel[2]), per_map=per_map, confidence=confidence)
+                       n_maps=len(choose[2]) + (0 if judge is None else len(judge[2])), per_map=per_map,
+                       confidence=confidence, n_judge=0 if judge is None else len(judge[2]))
 
 
-__all__ = ["EpochSubset", "PairDataset", "cell_size", "final_selection", "make_selector", "per_map_counts",
+__all__ = ["EpochSubset", "PairDataset", "cell_size", "final_selection", "halves", "make_selector", "per_map_counts",
            "score_rules", "selection_sources", "split_for_selection"]

@@ -41,7 +41,8 @@ from patchrefinenet.losses import PRNLoss
 from patchrefinenet.models.prn import PRN, GridChoice, PRNConfig, load_prn, resolve_grid
 from data_utils.arrays import open_maps
 from patchrefinenet.maps import MapSource, as_source
-from patchrefinenet.refine.heldout import EpochSubset, PairDataset, final_selection, make_selector, split_for_selection
+from patchrefinenet.refine.heldout import (EpochSubset, PairDataset, final_selection, halves, make_selector,
+                                           split_for_selection)
 from patchrefinenet.refine.config import DEFAULTS, RefineTrainConfig
 from patchrefinenet.selection import Selection
 from patchrefinenet.refine.data import (
@@ -286,8 +287,10 @@ class _Run:
         elif cfg.select > 0:
             fit_idx, sel_idx = split_for_selection(len(probs), cfg.select, cfg.seed)
             self.fit_part, self.held_out = (probs, masks, fit_idx), (probs, masks, sel_idx)
-        if self.held_out is not None:
-            self.selector = make_selector(*self.held_out, self.device, cfg.select_metric, self.bf16)
+        self.choose = self.judge = None
+        if self.held_out is not None:  # one half chooses (epoch, rule, threshold), the other judges
+            self.choose, self.judge = halves(self.held_out, cfg.seed)
+            self.selector = make_selector(*self.choose, self.device, cfg.select_metric, self.bf16)
         fit_idx = self.fit_part[2]
         if src is not None:
             return PairDataset(probs, masks, fit_idx, self.choice.grid, augment=cfg.augment, seed=cfg.seed), size
@@ -300,7 +303,7 @@ class _Run:
         load_weights_strict(model, ck.state_dict, f"best weights {self.out.weights}")
         model.set_batch_statistics(False).eval()
         cfg = self.cfg
-        selection = final_selection(model, self.held_out, self.fit_part, self.device, metric=cfg.select_metric,
+        selection = final_selection(model, self.choose, self.judge, self.fit_part, self.device, metric=cfg.select_metric,
                                     margin=cfg.margin, force_prn=cfg.force_prn, confidence=cfg.confidence,
                                     bf16=self.bf16)
         (log.warning if selection.fell_back else log.info)("selection: %s", selection.message())
