@@ -94,12 +94,24 @@ def apply_rule(rule: Rule, base: torch.Tensor, global_prob: torch.Tensor | None,
     return prob, prob > rule.threshold
 
 
+def score_counts(tp, fp, fn, metric: str = "pooled_iou") -> np.ndarray:
+    """The selection metric from pooled counts (scalars or arrays, elementwise): pooled IoU
+    (TP+1)/(TP+FP+FN+1) — the project's smoothing, docs/authors-refine.md §R10 — or Dice
+    2TP/(2TP+FP+FN), 1 where nothing is predicted or true."""
+    tp, fp, fn = (np.asarray(c, dtype=np.float64) for c in (tp, fp, fn))
+    if metric == "pooled_iou":
+        return (tp + 1.0) / (tp + fp + fn + 1.0)
+    if metric == "dice":
+        den = 2 * tp + fp + fn
+        return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 1.0)
+    raise InputError(f"selection metric {metric!r}: choose one of {', '.join(METRICS)}")
+
+
 class ThresholdSweep:
     """Streaming TP / FP / FN of ``prob > t`` for every t of ``thresholds``, pooled over all pixels.
 
     ``update(prob, gt)`` takes tensors of any equal shape on any device (no host sync);
-    ``scores(metric)`` returns one value per threshold: pooled IoU (TP+1)/(TP+FP+FN+1) — the
-    project's smoothing, docs/metrics — or Dice 2TP/(2TP+FP+FN).
+    ``scores(metric)`` returns one value per threshold (:func:`score_counts`).
     """
 
     def __init__(self, thresholds: tuple[float, ...] = SWEEP_THRESHOLDS) -> None:
@@ -149,13 +161,7 @@ class ThresholdSweep:
         return tp, fp, fn
 
     def scores(self, metric: str = "pooled_iou") -> np.ndarray:
-        tp, fp, fn = (c.astype(np.float64) for c in self.counts())
-        if metric == "pooled_iou":
-            return (tp + 1.0) / (tp + fp + fn + 1.0)
-        if metric == "dice":
-            den = 2 * tp + fp + fn
-            return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 1.0)
-        raise InputError(f"selection metric {metric!r}: choose one of {', '.join(METRICS)}")
+        return score_counts(*self.counts(), metric)
 
     def best(self, metric: str = "pooled_iou") -> tuple[float, float]:
         """(threshold, score) of the best threshold; the lowest one wins ties."""
@@ -182,11 +188,7 @@ class _Counts:
         self.t = c if self.t is None else self.t + c
 
     def score(self, metric: str) -> float:
-        tp, fp, fn = (float(v) for v in self.t.cpu())
-        if metric == "pooled_iou":
-            return (tp + 1.0) / (tp + fp + fn + 1.0)
-        den = 2 * tp + fp + fn
-        return 2 * tp / den if den > 0 else 1.0
+        return float(score_counts(*self.t.cpu().numpy(), metric))
 
 
 class RuleScores:
@@ -305,11 +307,7 @@ def bootstrap_gain_lower(prn_counts: np.ndarray, base_counts: np.ndarray, metric
     picks = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
     def score(counts: np.ndarray) -> np.ndarray:
-        tp, fp, fn = (counts[picks, k].sum(1).astype(np.float64) for k in range(3))
-        if metric == "dice":
-            den = 2 * tp + fp + fn
-            return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 1.0)
-        return (tp + 1.0) / (tp + fp + fn + 1.0)
+        return score_counts(*(counts[picks, k].sum(1) for k in range(3)), metric)
 
     return float(np.quantile(score(prn_counts) - score(base_counts), 1.0 - confidence))
 
@@ -336,7 +334,7 @@ def choose_rule(scores: RuleScores, *, margin: float = 0.005, force_prn: bool = 
     base_rule = Rule("base", tau)
     lower = None
     if per_map is not None:
-        prn_score, base_score = (_pooled_score(c, scores.metric) for c in per_map)
+        prn_score, base_score = (float(score_counts(*np.asarray(c).sum(0), scores.metric)) for c in per_map)
         if confidence > 0:
             lower = bootstrap_gain_lower(*per_map, metric=scores.metric, confidence=confidence)
     wins = prn_score >= base_score + margin and (lower is None or lower > 0)
@@ -347,13 +345,5 @@ def choose_rule(scores: RuleScores, *, margin: float = 0.005, force_prn: bool = 
                      lower, int(n_judge))
 
 
-def _pooled_score(counts: np.ndarray, metric: str) -> float:
-    """Pooled IoU ((TP+1)/(TP+FP+FN+1)) or Dice of (n, 3) per-map TP/FP/FN counts."""
-    tp, fp, fn = (float(v) for v in np.asarray(counts).sum(0))
-    if metric == "dice":
-        return 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn > 0 else 1.0
-    return (tp + 1.0) / (tp + fp + fn + 1.0)
-
-
 __all__ = ["METRICS", "RULE_HEADS", "SWEEP_THRESHOLDS", "Rule", "RuleScores", "Selection", "ThresholdSweep",
-           "apply_rule", "authors_combination", "bootstrap_gain_lower", "choose_rule"]
+           "apply_rule", "authors_combination", "bootstrap_gain_lower", "choose_rule", "score_counts"]

@@ -24,14 +24,13 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from data_utils.errors import InputError
 from data_utils.io import atomic_path, open_memmap_atomic, remove_stale_temporaries, staged_folder, write_text_atomic
 from patchrefinenet.metrics import SegmentationMeter
-from patchrefinenet.selection import Rule, apply_rule
+from patchrefinenet.selection import Rule, apply_rule, authors_combination
 from patchrefinenet.models.prn import PRN, load_prn, resolve_grid
 from patchrefinenet.refine.data import (
     TEST_GT, TEST_INPUTS, NpyMaps, RefineDataset, RefineOutputs, generator_hint, require_arrays,
@@ -58,12 +57,9 @@ def combine_heads(global_prob: torch.Tensor, local_prob: torch.Tensor | None, mo
         return g.to(torch.uint8)
     if local_prob is None:
         raise InputError(f"--combine {mode}: this PRN has no local head (grid 0, p0); use --combine global")
-    l = local_prob > threshold
     if mode == "local":
-        return l.to(torch.uint8)
-    both = (g & l).float()
-    grown = F.max_pool2d(both, kernel_size=3, stride=1, padding=1) > 0  # binary dilation, 3×3 square
-    return (g | grown).to(torch.uint8)
+        return (local_prob > threshold).to(torch.uint8)
+    return authors_combination(global_prob, local_prob, threshold).to(torch.uint8)
 
 
 @dataclass(frozen=True)
