@@ -33,9 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from data_utils.errors import InputError
-from data_utils.pseudo_labels import patch_pseudo_labels
+from data_utils.pseudo_labels import patch_grid_shape, patch_pseudo_labels
 from patchrefinenet.checkpoint import save_checkpoint
-from patchrefinenet.maps import aligned_masks, as_source, batches, check_same_size, stack
+from patchrefinenet.maps import MapSource, aligned_masks, as_source, batches, check_same_size, stack
 from patchrefinenet.metrics import CalibrationMeter, SegmentationMeter
 from patchrefinenet.models.prn import PRN, GridChoice, load_prn
 from patchrefinenet.refine.config import OWN_FIELDS
@@ -270,7 +270,7 @@ class Refiner:
         h, w = base.shape
         if self.rule.head == "base":
             p = cell_size(h, w, self.grid)
-            return np.full((math.ceil(h / p), math.ceil(w / p)), self.rule.threshold, np.float32)
+            return np.full(patch_grid_shape(h, w, p), self.rule.threshold, np.float32)
         return patch_pseudo_labels(base, mask, cell_size(h, w, self.grid)).thresholds
 
     def refine(self, probs: Any, *, batch_size: int = 4, thresholds: bool = True,

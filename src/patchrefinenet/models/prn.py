@@ -109,6 +109,13 @@ class PRNConfig:
         return cls(**d)
 
 
+def padded_size(height: int, width: int, grid: int) -> tuple[int, int]:
+    """The size a grid-``grid`` PRN pads an input to: the next multiples of 8·G (8 for G = 0), so
+    that the three 2× poolings and the patch grid divide evenly."""
+    m = 8 * max(grid, 1)
+    return math.ceil(height / m) * m, math.ceil(width / m) * m
+
+
 def _fold(x: torch.Tensor, g: int, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Cut a (B, C, G·h, G·w) map into its G×G cells and stack them on the batch axis, image-major.
 
@@ -250,8 +257,7 @@ class PRN(nn.Module):
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """The size the input is padded to: the next multiples of 8·G (8 for G = 0)."""
-        m = 8 * max(self.config.grid, 1)
-        return math.ceil(height / m) * m, math.ceil(width / m) * m
+        return padded_size(height, width, self.config.grid)
 
     @staticmethod
     def _head(head: nn.Sequential, features: torch.Tensor, base_logit: torch.Tensor | None) -> torch.Tensor:

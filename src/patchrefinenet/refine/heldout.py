@@ -6,7 +6,6 @@ folders) alike — so the selection exists once. What it decides and why: docs/r
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import numpy as np
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 from data_utils.errors import InputError
 from data_utils.pseudo_labels import patch_pseudo_labels
 from patchrefinenet.maps import MapSource, aligned_masks, as_source, batches, check_same_size, stack
+from patchrefinenet.models.prn import padded_size
 from patchrefinenet.refine.data import apply_augmentation, draw_augmentation
 from patchrefinenet.selection import Rule, RuleScores, Selection, ThresholdSweep, apply_rule, choose_rule
 from patchrefinenet.training import autocast_context
@@ -27,8 +27,7 @@ def cell_size(h: int, w: int, grid: int) -> int:
     (the model pads to multiples of 8·G, so a cell is padded_h / G pixels); the map side for G = 0."""
     if grid == 0:
         return max(h, w)
-    m = 8 * grid
-    return math.ceil(h / m) * m // grid
+    return padded_size(h, w, grid)[0] // grid
 
 
 class PairDataset(Dataset):
