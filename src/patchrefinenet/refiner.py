@@ -248,9 +248,14 @@ class Refiner:
     def refine_iter(self, probs: Any, *, batch_size: int = 4, thresholds: bool = True,
                     progress: bool = False) -> Iterator[RefinedMap]:
         """Refine maps one batch at a time, yielding a :class:`RefinedMap` per input map, in order."""
+        for _, out in self._refine_with_base(as_source(probs, "probs"), batch_size, thresholds, progress):
+            yield out
+
+    def _refine_with_base(self, source: MapSource, batch_size: int, thresholds: bool,
+                          progress: bool) -> Iterator[tuple[np.ndarray, RefinedMap]]:
+        """(base map (H, W), its :class:`RefinedMap`) per map of ``source``: each map is read once."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        source = as_source(probs, "probs")
         bar = tqdm(total=len(source), desc="refine", unit="map", disable=not progress)
         try:
             for run in batches(source, list(range(len(source))), batch_size):
@@ -259,8 +264,9 @@ class Refiner:
                 prob, mask = apply_rule(self.rule, x, None if g is None else g.cpu(), None if loc is None else loc.cpu())
                 prob, mask = prob[:, 0].numpy(), mask[:, 0].numpy().astype(np.uint8)
                 for j, i in enumerate(run):
-                    t = self._thresholds(x[j, 0].numpy(), mask[j]) if thresholds else None
-                    yield RefinedMap(source.names[i], np.ascontiguousarray(prob[j], dtype=np.float32), mask[j], t)
+                    base = x[j, 0].numpy()
+                    t = self._thresholds(base, mask[j]) if thresholds else None
+                    yield base, RefinedMap(source.names[i], np.ascontiguousarray(prob[j], dtype=np.float32), mask[j], t)
                 bar.update(len(run))
         finally:
             bar.close()
@@ -297,10 +303,9 @@ class Refiner:
         masks = aligned_masks(probs, as_source(masks, "masks"))
         meters = {k: SegmentationMeter(saliency=saliency) for k in ("base", "refined")}
         calib = {k: CalibrationMeter() for k in ("base", "refined")}
-        for i, out in enumerate(self.refine_iter(probs, batch_size=batch_size, thresholds=on_map is not None,
-                                                 progress=progress)):
+        for i, (base, out) in enumerate(self._refine_with_base(probs, batch_size, on_map is not None, progress)):
             check_same_size(probs, masks, i)
-            base, gt = probs[i], masks[i]
+            gt = masks[i]
             meters["base"].update(base, gt)
             meters["refined"].update(out.mask, gt)
             calib["base"].update(base, gt)
