@@ -84,7 +84,7 @@ def check_probabilities(maps, name: str, start: int = 0) -> None:
     bad = (lo < 0) | (hi > 1)
     if bad.any():
         i = int(np.argmax(bad))
-        if maps.dtype.kind in "ui" and float(lo.min()) >= 0 and float(hi.max()) <= 255:
+        if float(lo.min()) >= 0 and float(hi.max()) <= 255:  # integer or float 0-255 values
             hint = "it looks like an 8-bit image (0-255): divide by 255"
         else:
             hint = "did you pass logits? apply a sigmoid"

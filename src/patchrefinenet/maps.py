@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import cv2
 import numpy as np
 
-from data_utils.arrays import as_maps, to_numpy
+from data_utils.arrays import as_maps, check_probabilities, to_numpy
 from data_utils.errors import InputError
 
 if TYPE_CHECKING:
@@ -90,12 +90,7 @@ def probabilities_from(a: np.ndarray, where: str) -> np.ndarray:
         raise InputError(f"{where}: probabilities of dtype {a.dtype} are not supported; store float values in [0, 1] "
                          "or 8/16-bit images")
     p = a.astype(np.float32, copy=False)
-    lo, hi = float(np.min(p)), float(np.max(p))
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise InputError(f"{where}: contains NaN or Inf; the map must be the base model's finite probabilities")
-    if lo < 0.0 or hi > 1.0:
-        hint = "divide by 255" if hi <= 255.0 and lo >= 0.0 else "apply a sigmoid to the logits"
-        raise InputError(f"{where}: values in [{lo:g}, {hi:g}] are not probabilities in [0, 1]; {hint}")
+    check_probabilities(p, where)
     return p
 
 
