@@ -1,5 +1,6 @@
-"""PRN training (docs/authors-refine.md §R7): Adam, the authors' plateau rule on the training loss, atomic checkpoints,
-bit-exact resume, and ``torchrun`` data parallelism.
+"""PRN training (docs/authors-refine.md §R7): Adam, the authors' plateau rule (on the training loss, or
+with held-out selection on the held-out score, docs/refiner.md), atomic checkpoints, bit-exact resume,
+and ``torchrun`` data parallelism.
 
 One epoch = one pass over the validation-split arrays of the base model (``val_pred.npy``), with
 pseudo-labels ``train_aux_gt_p_<P>.npy`` (made on demand) and ground truth ``val_orig_gt.npy``.
@@ -32,22 +33,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from data_utils.arrays import open_maps
 from data_utils.errors import InputError
 from data_utils.io import remove_stale_temporaries, write_text_atomic
 from data_utils.provenance import changed_inputs, fingerprint, read_provenance
 from data_utils.pseudo_labels import generate_pseudo_label_file, pseudo_label_staleness
 from patchrefinenet.checkpoint import load_checkpoint, load_weights_strict, save_checkpoint
 from patchrefinenet.losses import PRNLoss
-from patchrefinenet.models.prn import PRN, GridChoice, PRNConfig, load_prn, resolve_grid
-from data_utils.arrays import open_maps
 from patchrefinenet.maps import MapSource, as_source
-from patchrefinenet.refine.heldout import (EpochSubset, PairDataset, final_selection, halves, make_selector,
-                                           split_for_selection)
+from patchrefinenet.models.prn import PRN, GridChoice, PRNConfig, load_prn, resolve_grid
 from patchrefinenet.refine.config import DEFAULTS, RefineTrainConfig
-from patchrefinenet.selection import Selection
 from patchrefinenet.refine.data import (
     TRAIN_GT, TRAIN_INPUTS, NpyMaps, RefineDataset, RefineOutputs, generator_hint, pseudo_label_name, require_arrays,
 )
+from patchrefinenet.refine.heldout import (EpochSubset, PairDataset, final_selection, halves, make_selector,
+                                           split_for_selection)
+from patchrefinenet.selection import Selection
 from patchrefinenet.training import (
     DistInfo, PlateauSchedule, all_reduce_sum, autocast_context, barrier, broadcast_buffers, capture_rng_state,
     cleanup_distributed,
@@ -57,11 +58,11 @@ from patchrefinenet.training import (
 log = logging.getLogger("patchrefinenet")
 
 # Settings that define the optimisation trajectory: a resumed run must use the saved values.
-_RUN_KEYS = ("width", "row7_quirk", "residual", "select", "select_metric", "lr", "batch_size", "shuffle", "decay_after", "stop_after", "lr_factor",
-             "min_lr", "augment", "patch_bn_stats", "upstream_order", "seed", "max_batches_per_epoch")
+_RUN_KEYS = ("width", "row7_quirk", "residual", "select", "select_metric", "lr", "batch_size", "shuffle",
+             "decay_after", "stop_after", "lr_factor", "min_lr", "augment", "patch_bn_stats", "upstream_order", "seed",
+             "max_batches_per_epoch")
 
 
-_DEFAULTS = DEFAULTS  # resume files from older versions may lack new keys
 
 
 @dataclass
@@ -200,7 +201,7 @@ class _Run:
         saved_model = (ck.config or {}).get("model", {})
         # a key missing from an older file had its default value then (e.g. ``residual``)
         # (files from before held-out selection existed trained on every map: their select was 0)
-        saved_train = {**_DEFAULTS, "select": 0.0, **(ck.config or {}).get("train", {})}
+        saved_train = {**DEFAULTS, "select": 0.0, **(ck.config or {}).get("train", {})}
         diffs = [f"{k}: saved {saved_train.get(k)!r}, now {getattr(self.cfg, k)!r}"
                  for k in _RUN_KEYS if saved_train.get(k) != getattr(self.cfg, k)]
         if saved_model.get("grid") != self.prn_config.grid:
@@ -262,8 +263,9 @@ class _Run:
                 log.warning("--bf16/--channels_last apply on CUDA only; ignored on %s", self.device)
             log.info("config: %s", json.dumps(self.config_record["train"], sort_keys=True))
             if self.held_out is not None:
-                log.info("held-out selection: %d maps to fit, %d to select the epoch and the output rule "
-                         "(docs/refiner.md)", n, len(self.held_out[2]))
+                log.info("held-out selection: %d maps to fit, %d held out: %d choose the epoch and the output rule, "
+                         "%d judge it (docs/refiner.md)", n, len(self.held_out[2]), len(self.choose[2]),
+                         0 if self.judge is None else len(self.judge[2]))
             result = self._loop(dataset)
             if self.held_out is not None:
                 result["selection"] = self._select(result["model"])
