@@ -30,6 +30,24 @@ def _forward_backward(model, loss_fn, x, pseudo, gt):
     return parts
 
 
+def _steps_without_syncs(step, optimizer, n: int = 2):
+    """Warm up one ``step()`` + optimizer step (lazy library initialisation may sync), then run ``n``
+    more with CUDA's sync debug mode on, where any host-device sync raises. Returns the last step's value."""
+    step()
+    optimizer.step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(n):
+            optimizer.zero_grad(set_to_none=True)
+            out = step()
+            optimizer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return out
+
+
 class _ValueReads:
     """Count the value checks, and fail on any read of a tensor value into Python, inside the block."""
 
@@ -130,24 +148,15 @@ def test_cuda_training_step_is_sync_free(bf16, step_bn):
     loss_fn = PRNLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, pseudo, gt = _batch(b=2, size=64, device=device)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-        g, l = model(x)
-    _forward_backward(model, loss_fn, x, pseudo, gt)  # warm-up: lazy library initialisation may sync
-    optimizer.step()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(2):
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                g, l = model(x)
-            parts = loss_fn(g.float(), l.float(), pseudo, gt)
-            parts["loss"].backward()
-            optimizer.step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
-    assert torch.isfinite(parts["loss"]).item()
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            g, l = model(x)
+        parts = loss_fn(g.float(), l.float(), pseudo, gt)
+        parts["loss"].backward()
+        return parts["loss"]
+
+    assert torch.isfinite(_steps_without_syncs(step, optimizer)).item()
 
 
 BASE_CASES = [("resunetplusplus", {"filters": [4, 8, 16, 32, 64]}, "dice_bce"), ("pfanet", {}, "edge_saliency"),
@@ -189,15 +198,4 @@ def test_base_model_training_step_reads_no_values(monkeypatch, name, kwargs, los
 @pytest.mark.parametrize("name,kwargs,loss_name", BASE_CASES)
 def test_cuda_base_model_training_step_is_sync_free(name, kwargs, loss_name):
     forward_backward, optimizer = _base_step(name, kwargs, loss_name, torch.device("cuda"))
-    forward_backward()  # warm-up: lazy library initialisation may sync
-    optimizer.step()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(2):
-            optimizer.zero_grad(set_to_none=True)
-            loss = forward_backward()
-            optimizer.step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert torch.isfinite(loss).item()
+    assert torch.isfinite(_steps_without_syncs(forward_backward, optimizer)).item()
