@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +28,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
 
 from data_utils.arrays import open_maps
 from data_utils.errors import InputError
-from data_utils.io import remove_stale_temporaries, write_text_atomic
+from data_utils.io import write_text_atomic
 from data_utils.provenance import changed_inputs, fingerprint, read_provenance
 from data_utils.pseudo_labels import generate_pseudo_label_file, pseudo_label_staleness
 from patchrefinenet.checkpoint import load_checkpoint, load_weights_strict, save_checkpoint
+from patchrefinenet.engine import (Engine, Family, Recipe, StepOutput, full_precision, read_resume_file,
+                                   refuse_changes, refuse_overwrite, remove_leftovers, setting_changes)
 from patchrefinenet.losses import PRNLoss
 from patchrefinenet.maps import MapSource, as_source
 from patchrefinenet.models.prn import PRN, GridChoice, PRNConfig, load_prn, resolve_grid
@@ -49,11 +48,8 @@ from patchrefinenet.refine.data import (
 from patchrefinenet.refine.heldout import (EpochSubset, PairDataset, final_selection, halves, make_selector,
                                            split_for_selection)
 from patchrefinenet.selection import Selection
-from patchrefinenet.training import (
-    DistInfo, PlateauSchedule, all_reduce_sum, autocast_context, barrier, broadcast_buffers, capture_rng_state,
-    cleanup_distributed,
-    init_distributed, log_to_file, resolve_device, restore_rng_state, seed_everything,
-)
+from patchrefinenet.training import (Decision, DistInfo, barrier, cleanup_distributed, init_distributed, log_to_file,
+                                     resolve_device, seed_everything)
 
 log = logging.getLogger("patchrefinenet")
 
@@ -61,9 +57,6 @@ log = logging.getLogger("patchrefinenet")
 _RUN_KEYS = ("width", "row7_quirk", "residual", "select", "select_metric", "lr", "batch_size", "shuffle",
              "decay_after", "stop_after", "lr_factor", "min_lr", "augment", "patch_bn_stats", "upstream_order", "seed",
              "max_batches_per_epoch")
-
-
-
 
 @dataclass
 class TrainSource:
@@ -79,6 +72,7 @@ class TrainSource:
     description: str
     select_probs: MapSource | None = None
     select_masks: MapSource | None = None
+
 
 
 def train_prn(cfg: RefineTrainConfig, dataset_spec: dict | None = None, *, source: TrainSource | None = None) -> dict:
@@ -101,14 +95,19 @@ def train_prn(cfg: RefineTrainConfig, dataset_spec: dict | None = None, *, sourc
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = init_distributed(device)
     try:
-        return _Run(cfg, info, dataset_spec, source).run()
+        return _PRNRun(cfg, info, dataset_spec, source).run()
     finally:
         if owns_group and info.distributed:
             cleanup_distributed()
 
 
-class _Run:
-    """One training run; split into steps so each reads on its own."""
+class _PRNRun(Family):
+    """The PRN family of the training engine (:mod:`patchrefinenet.engine`): its data, objective
+    (:class:`~patchrefinenet.losses.PRNLoss`), monitored value (the epoch's mean training loss, or
+    minus the held-out score) and records; plus the final held-out choice of the output rule."""
+
+    target_key = "gt"
+    per_image = False  # the authors' epoch loss: the mean of the batch losses
 
     def __init__(self, cfg: RefineTrainConfig, info: DistInfo, dataset_spec: dict | None,
                  source: TrainSource | None = None) -> None:
@@ -117,27 +116,31 @@ class _Run:
         self.cuda = self.device.type == "cuda"
         self.bf16 = cfg.bf16 and self.cuda
         self.channels_last = cfg.channels_last and self.cuda
+        self.recipe = Recipe(lr=cfg.lr, max_epochs=cfg.epochs, decay_after=cfg.decay_after, stop_after=cfg.stop_after,
+                             factor=cfg.lr_factor, min_lr=cfg.min_lr, max_batches=cfg.max_batches_per_epoch,
+                             bf16=self.bf16, compile=cfg.compile, progress=cfg.progress)
+        self.loss_fn = PRNLoss(upstream_order=cfg.upstream_order, check_values=False)
         if source is not None:
             self.choice, (h, w) = source.choice, source.image_size
             self.inputs = self.gt = self.pseudo = None
-            self.out = RefineOutputs(Path(cfg.output_root), self.choice.aux_name)
-            self.prn_config = PRNConfig(grid=self.choice.grid, width=cfg.width, row7_quirk=cfg.row7_quirk,
-                                        residual=cfg.residual, step_bn=cfg.step_bn)
-            self.config_record = self._config_record(len(source.probs), h, w)
-            return
-        data = Path(cfg.data_dir)
-        self.inputs, self.gt = data / TRAIN_INPUTS, data / TRAIN_GT
-        require_arrays({"PRN inputs": self.inputs, "ground truth": self.gt}, generator_hint(cfg.dataset, cfg.base_model))
-        n, h, w = NpyMaps(self.inputs, "inputs").shape
-        self.choice: GridChoice = resolve_grid(cfg.aux_model, cfg.patch_size, image_size=h)
-        if h != w and self.choice.grid > 0:
-            log.warning("maps are %d×%d (not square): the PRN patch grid (padded size / %d) and the %d-px "
-                        "pseudo-label patches do not coincide along the width", h, w, self.choice.grid, self.choice.patch_size)
-        self.pseudo = data / pseudo_label_name(self.choice.patch_size)
-        self.out = RefineOutputs(Path(cfg.output_root), self.choice.aux_name)
+            n = len(source.probs)
+        else:
+            data = Path(cfg.data_dir)
+            self.inputs, self.gt = data / TRAIN_INPUTS, data / TRAIN_GT
+            require_arrays({"PRN inputs": self.inputs, "ground truth": self.gt},
+                           generator_hint(cfg.dataset, cfg.base_model))
+            n, h, w = NpyMaps(self.inputs, "inputs").shape
+            self.choice: GridChoice = resolve_grid(cfg.aux_model, cfg.patch_size, image_size=h)
+            if h != w and self.choice.grid > 0:
+                log.warning("maps are %d×%d (not square): the PRN patch grid (padded size / %d) and the %d-px "
+                            "pseudo-label patches do not coincide along the width", h, w, self.choice.grid,
+                            self.choice.patch_size)
+            self.pseudo = data / pseudo_label_name(self.choice.patch_size)
+        self.name = self.choice.aux_name
+        self.paths = self.out = RefineOutputs(Path(cfg.output_root), self.choice.aux_name)
         self.prn_config = PRNConfig(grid=self.choice.grid, width=cfg.width, row7_quirk=cfg.row7_quirk,
                                     residual=cfg.residual, step_bn=cfg.step_bn)
-        self.config_record = self._config_record(n, h, w)
+        self.config = self.config_record = self._config_record(n, h, w)
 
     # ------------------------------------------------------------------ setup
 
@@ -189,36 +192,21 @@ class _Run:
             model.to(memory_format=torch.channels_last)
         return model
 
-    def _resume(self, model: PRN, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule) -> dict:
-        """Load ``<aux>_last.th`` into model/optimizer/schedule; return its training state."""
-        if not self.out.last.is_file():
-            raise InputError(f"--resume True: no resume file {self.out.last}; start without --resume "
-                             f"(it is written after the first completed epoch)")
-        ck = load_checkpoint(self.out.last, map_location=self.device)
-        ts = ck.training_state
-        if ts is None or "optimizer" not in ts:
-            raise InputError(f"{self.out.last} holds no training state; it is not a resume file")
+    def _resume_file(self):
+        """``<aux>_last.th``, refused (naming each difference) unless it was written with these settings and data."""
+        ck = read_resume_file(self.out, lambda path, _: load_checkpoint(path, map_location=self.device))
         saved_model = (ck.config or {}).get("model", {})
         # a key missing from an older file had its default value then (e.g. ``residual``)
         # (files from before held-out selection existed trained on every map: their select was 0)
         saved_train = {**DEFAULTS, "select": 0.0, **(ck.config or {}).get("train", {})}
-        diffs = [f"{k}: saved {saved_train.get(k)!r}, now {getattr(self.cfg, k)!r}"
-                 for k in _RUN_KEYS if saved_train.get(k) != getattr(self.cfg, k)]
+        diffs = setting_changes(saved_train, {k: getattr(self.cfg, k) for k in _RUN_KEYS})
         if saved_model.get("grid") != self.prn_config.grid:
             diffs.insert(0, f"grid: saved {saved_model.get('grid')!r}, now {self.prn_config.grid}")
         if saved_model.get("step_bn", False) != self.prn_config.step_bn:  # files before step_bn had none
             diffs.append(f"step_bn: saved {saved_model.get('step_bn', False)!r}, now {self.prn_config.step_bn!r}")
         diffs += self._data_changes((ck.config or {}).get("dataset") or {})
-        if diffs:
-            raise InputError(f"--resume: {self.out.last} was written with other settings or data ({'; '.join(diffs)}); "
-                             f"pass the saved values or start a new run without --resume")
-        load_weights_strict(model, ck.state_dict, f"resume file {self.out.last}")
-        optimizer.load_state_dict(ts["optimizer"])
-        schedule.load_state_dict(ts["schedule"])
-        restore_rng_state(ts["rng"])
-        log.info("resumed from %s after epoch %d (best loss %.6f, lr %.3g)", self.out.last, ts["epoch"],
-                 schedule.best, ts["lr"])
-        return ts
+        refuse_changes(self.out.last, diffs)
+        return ck
 
     def _data_changes(self, saved: dict) -> list[str]:
         """What differs between the data a resume file was trained on and the data now."""
@@ -230,29 +218,17 @@ class _Run:
         changed = changed_inputs(saved["fingerprints"], files) if check else []
         return diffs + [f"{files[k].name} changed since the run started" for k in changed]
 
-    # ------------------------------------------------------------------ main loop
-
-    def _refuse_overwrite(self) -> None:
-        """A new run (no --resume) never replaces weights an earlier run wrote, unless --overwrite True."""
-        if self.cfg.resume or self.cfg.overwrite:
-            return
-        existing = [p for p in (self.out.weights, self.out.last) if p.is_file()]
-        if existing:
-            raise InputError(f"{existing[0]} exists (an earlier run's weights); continue it with --resume True, "
-                             f"replace it with --overwrite True, or write elsewhere with --output_root")
+    # ------------------------------------------------------------------ the run
 
     def run(self) -> dict:
         cfg, info = self.cfg, self.info
-        self._refuse_overwrite()
+        refuse_overwrite(self.out, cfg.resume, cfg.overwrite)
         if info.is_main:  # what a killed earlier run left half-written
-            folders = [self.out.checkpoint_dir, self.out.log_dir] + ([] if self.source else [Path(cfg.data_dir)])
-            for path in remove_stale_temporaries(*folders):
-                log.info("removed %s (left by a run that was killed)", path)
+            remove_leftovers(self.out.checkpoint_dir, self.out.log_dir, *([] if self.source else [Path(cfg.data_dir)]))
         self._ensure_pseudo_labels()
-        dataset, (h, w) = self._datasets()
-        n = len(dataset)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        log_file = self.out.train_log(stamp) if info.is_main else None
+        self.dataset, (h, w) = self._datasets()
+        n = len(self.dataset)
+        log_file = self.out.train_log(time.strftime("%Y%m%d-%H%M%S")) if info.is_main else None
         with log_to_file(log_file):
             log.info("PRN training: %s", self.choice.description)
             log.info("data: %d maps of %d×%d from %s (pseudo-labels %s); world size %d on %s%s%s",
@@ -266,7 +242,7 @@ class _Run:
                 log.info("held-out selection: %d maps to fit, %d held out: %d choose the epoch and the output rule, "
                          "%d judge it (docs/refiner.md)", n, len(self.held_out[2]), len(self.choose[2]),
                          0 if self.judge is None else len(self.judge[2]))
-            result = self._loop(dataset)
+            result = self._train()
             if self.held_out is not None:
                 result["selection"] = self._select(result["model"])
             result["log_file"] = None if log_file is None else str(log_file)
@@ -317,144 +293,88 @@ class _Run:
         barrier()
         return selection
 
-    def _loop(self, dataset: RefineDataset) -> dict:
-        cfg, info, device = self.cfg, self.info, self.device
-        model = self._build_model()
+    def _train(self) -> dict:
+        """Build the PRN and run the engine; the result of :func:`train_prn` without selection and log file."""
+        cfg, info = self.cfg, self.info
+        self.model = model = self._build_model()
         log.info("PRN %s: %.2fM parameters", self.prn_config, sum(p.numel() for p in model.parameters()) / 1e6)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        schedule = PlateauSchedule(cfg.decay_after, cfg.stop_after, cfg.lr_factor, cfg.min_lr)
-        history: list[dict] = []
-        start, stopped, lr = 0, None, cfg.lr
+        engine = Engine(self, info, self._resume_file() if cfg.resume else None)
+        p = engine.progress
         if cfg.resume:
-            ts = self._resume(model, optimizer, schedule)
-            start, stopped, lr, history = int(ts["epoch"]), ts.get("stopped"), float(ts["lr"]), list(ts["history"])
+            log.info("resumed from %s after epoch %d (best loss %.6f, lr %.3g)", self.out.last, p.epoch,
+                     engine.schedule.best, p.lr)
         if info.is_main:  # only now: a run refused above leaves the files of the earlier run as they were
             write_text_atomic(self.out.train_config, json.dumps(self.config_record, indent=2, sort_keys=True) + "\n")
-        net = model
-        if info.distributed:
-            net = DistributedDataParallel(model, device_ids=[device.index] if self.cuda else None)
-        if cfg.compile:
-            net = torch.compile(net)
-        sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=cfg.shuffle,
-                                     seed=cfg.seed, drop_last=False)
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                            pin_memory=self.cuda, persistent_workers=False)
-        loss_fn = PRNLoss(upstream_order=cfg.upstream_order, check_values=False)
-        if stopped:
-            log.info("the resumed run had already stopped (%s); nothing to do", stopped)
-        elif start >= cfg.epochs:
-            log.info("the resumed run already completed %d epochs (--epochs %d); nothing to do", start, cfg.epochs)
-        epoch = start
-        while not stopped and epoch < cfg.epochs:
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            t0 = time.perf_counter()
-            stats = self._train_epoch(net, loader, optimizer, loss_fn, epoch)
-            broadcast_buffers(model)  # BN running stats: every rank now holds what rank 0 saves
-            epoch += 1
-            loss = stats["loss"]
-            if self.selector is not None:  # held-out selection: the plateau rule follows -score
-                model.set_batch_statistics(False).eval()
-                stats["select"], details = self.selector(model)
-                stats["select_best"] = details.get("best")
-                model.set_batch_statistics(cfg.patch_bn_stats)
-            decision = schedule.step(-stats["select"] if self.selector is not None else loss, lr)
-            record = {"epoch": epoch, "loss": loss, "lr": lr, **{k: v for k, v in stats.items() if k != "loss"},
-                      "time": round(time.perf_counter() - t0, 3), "improved": decision.improved,
-                      "reload_best": decision.reload_best, "stop": decision.stop}
-            history.append(record)
-            if decision.improved:
-                self._save_best(model, epoch, loss, lr)
-            if decision.stop:
-                stopped = (f"no improvement for {schedule.counter} epochs" if schedule.counter > cfg.stop_after
-                           else f"lr {lr:.3g} < min_lr {cfg.min_lr:.3g}")
-            elif decision.reload_best:
-                ck = load_checkpoint(self.out.weights, map_location=device)  # every rank reads the same file
-                load_weights_strict(model, ck.state_dict, f"best weights {self.out.weights}")
-                lr = decision.new_lr
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-            if decision.improved:
-                outcome = "best so far, saved"
-            elif decision.reload_best:
-                outcome = f"reloaded the best weights, lr -> {lr:.3g}"
-            else:
-                outcome = f"stop: {stopped}" if stopped else f"{schedule.counter} without improvement"
-            local = f", local iou {stats['iou_local']:.4f}" if "iou_local" in stats else ""
-            if "select" in stats:
-                local += f", held-out {stats['select']:.4f} ({stats['select_best']})"
-            log.info("epoch %d/%d: loss %.6f, iou %.4f%s, lr %.3g, %.1fs (%s)", epoch, cfg.epochs, loss, stats["iou"],
-                     local, record["lr"], record["time"], outcome)
-            self._save_last(model, optimizer, schedule, epoch, lr, history, stopped)
-        best = schedule.best if math.isfinite(schedule.best) else None
+        self.sampler = DistributedSampler(self.dataset, num_replicas=info.world_size, rank=info.rank,
+                                          shuffle=cfg.shuffle, seed=cfg.seed, drop_last=False)
+        self.loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
+                                 num_workers=cfg.num_workers, pin_memory=self.cuda, persistent_workers=False)
+        if p.stopped:
+            log.info("the resumed run had already stopped (%s); nothing to do", p.stopped)
+        elif p.epoch >= cfg.epochs:
+            log.info("the resumed run already completed %d epochs (--epochs %d); nothing to do", p.epoch, cfg.epochs)
+        engine.run()
         model.set_batch_statistics(False).eval()  # a plain eval-mode model for the caller
-        return {"best_loss": best, "epochs_run": epoch, "checkpoint": str(self.out.weights), "last": str(self.out.last),
-                "history": history, "stopped": stopped, "aux": self.choice.aux_name, "grid": self.choice.grid,
-                "history_file": str(self.out.history), "model": model}
+        return {"best_loss": engine.best_value, "epochs_run": p.epoch, "checkpoint": str(self.out.weights),
+                "last": str(self.out.last), "history": p.history, "stopped": p.stopped, "aux": self.choice.aux_name,
+                "grid": self.choice.grid, "history_file": str(self.out.history), "model": model}
 
-    def _train_epoch(self, net, loader: DataLoader, optimizer, loss_fn: PRNLoss, epoch: int) -> dict:
-        """One pass; returns the epoch's mean loss and pooled training IoUs (≥ 0.5, +1 smoothing), averaged over ranks."""
-        cfg, device = self.cfg, self.device
-        net.train()
-        total = len(loader) if cfg.max_batches_per_epoch is None else min(len(loader), cfg.max_batches_per_epoch)
-        keys = ["loss", "rs", "reg", "inter", "union", "inter_local", "union_local"]
-        sums = dict.fromkeys(["batches"] + keys, 0.0)
-        acc = torch.zeros(len(keys), dtype=torch.float64, device=device)  # summed on the device
-        bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=not (cfg.progress and self.info.is_main))
-        for step, batch in enumerate(bar):
-            if step >= total:
-                break
-            x = batch["input"].to(device, non_blocking=True)
-            pseudo = batch["pseudo"].to(device, non_blocking=True)
-            gt = batch["gt"].to(device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast_context(device, self.bf16):
-                global_prob, local_prob = net(x)
-            # the loss runs in float32 (BCE is unsafe under autocast)
-            try:
-                parts = loss_fn(global_prob.float(), None if local_prob is None else local_prob.float(), pseudo, gt)
-            except (InputError, RuntimeError):  # BCE refuses NaN inputs
-                if not bool(torch.isfinite(global_prob.detach()).all()):  # the weights diverged: say so
-                    raise self._diverged(epoch) from None
-                raise
-            parts["loss"].backward()
-            optimizer.step()
-            with torch.no_grad():  # no host sync here: the sums stay on the device
-                counts = _iou_counts(global_prob, gt) + (_iou_counts(local_prob, gt) if local_prob is not None else [])
-                values = torch.stack([t.double() for t in (parts["loss"].detach(), parts["rs"], parts["reg"], *counts)])
-                acc[: len(values)] += values
-            sums["batches"] += 1
-            if step % 10 == 0 or step == total - 1:  # the only host syncs of the loop
-                sums.update(zip(keys, acc.tolist()))
-                if not math.isfinite(sums["loss"]):
-                    raise self._diverged(epoch)
-                bar.set_postfix(loss=f"{sums['loss'] / sums['batches']:.4f}",
-                                iou=f"{(sums['inter'] + 1) / (sums['union'] + 1):.4f}")
-        bar.close()
-        sums.update(zip(keys, acc.tolist()))
-        if not math.isfinite(sums["loss"]):
-            raise self._diverged(epoch)
-        names = list(sums)
-        reduced = dict(zip(names, all_reduce_sum(torch.tensor([sums[k] for k in names], dtype=torch.float64,
-                                                                device=device)).tolist()))
-        n = max(reduced["batches"], 1.0)
-        out = {"loss": reduced["loss"] / n, "rs": reduced["rs"] / n, "reg": reduced["reg"] / n,
-               "iou": (reduced["inter"] + 1) / (reduced["union"] + 1)}
-        if self.choice.grid > 0:
-            out["iou_local"] = (reduced["inter_local"] + 1) / (reduced["union_local"] + 1)
-        return out
+    # ------------------------------------------------------------------ the family's part of each epoch
 
-    def _diverged(self, epoch: int) -> InputError:
-        """The error that ends a run whose loss became non-finite; the files of the last good epoch stay."""
-        kept = " and ".join(str(p) for p in (self.out.weights, self.out.last) if p.is_file())
-        return InputError(f"the training loss became non-finite in epoch {epoch + 1} (lr {self.cfg.lr:g}): the "
-                          f"weights diverged; stopped, keeping {kept or 'no checkpoint (none was saved yet)'}; "
-                          f"start again with a smaller --lr{' and --overwrite True' if kept else ''}")
+    def train_batches(self, epoch: int, info: DistInfo) -> DataLoader:
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        return self.loader
 
-    # ------------------------------------------------------------------ files
+    def prepare(self, raw: dict, device: torch.device) -> dict:
+        batch = {k: raw[k].to(device, non_blocking=True) for k in ("input", "pseudo", "gt")}
+        if self.channels_last:
+            batch["input"] = batch["input"].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def objective(self, net: torch.nn.Module, batch: dict) -> StepOutput:
+        global_prob, local_prob = net(batch["input"])
+        with full_precision(self.device):  # the loss runs in float32 (BCE is unsafe under autocast)
+            parts = self.loss_fn(global_prob.float(), None if local_prob is None else local_prob.float(),
+                                 batch["pseudo"], batch["gt"])
+        return StepOutput(parts["loss"], global_prob, {"rs": parts["rs"], "reg": parts["reg"]}, local_prob)
+
+    def evaluate(self, engine: Engine, epoch: int) -> dict:
+        """With held-out selection: the best PRN rule's score on the choose half (the plateau rule follows it)."""
+        if self.selector is None:
+            return {}
+        self.model.set_batch_statistics(False).eval()
+        score, details = self.selector(self.model)
+        self.model.set_batch_statistics(self.cfg.patch_bn_stats)
+        return {"select": score, "select_best": details.get("best")}
+
+    def monitor(self, train: dict, evaluated: dict) -> float:
+        return -evaluated["select"] if "select" in evaluated else train["loss"]
+
+    def stop_reason(self, engine: Engine, no_improvement: bool) -> str:
+        lr = engine.progress.lr
+        return (f"no improvement for {engine.schedule.counter} epochs" if no_improvement
+                else f"lr {lr:.3g} < min_lr {self.cfg.min_lr:.3g}")
+
+    def record(self, engine: Engine, epoch: int, lr: float, train: dict, evaluated: dict, decision: Decision,
+               actions: list[str], seconds: float) -> dict:
+        return {"epoch": epoch, "loss": train["loss"], "lr": lr, **{k: v for k, v in train.items() if k != "loss"},
+                **evaluated, "time": seconds, "improved": decision.improved, "reload_best": decision.reload_best,
+                "stop": decision.stop}
+
+    def log_epoch(self, engine: Engine, row: dict, train: dict, evaluated: dict, decision: Decision) -> None:
+        p = engine.progress
+        if decision.improved:
+            outcome = "best so far, saved"
+        elif decision.reload_best:
+            outcome = f"reloaded the best weights, lr -> {p.lr:.3g}"
+        else:
+            outcome = f"stop: {p.stopped}" if p.stopped else f"{engine.schedule.counter} without improvement"
+        local = f", local iou {train['iou_local']:.4f}" if "iou_local" in train else ""
+        if "select" in evaluated:
+            local += f", held-out {evaluated['select']:.4f} ({evaluated['select_best']})"
+        log.info("epoch %d/%d: loss %.6f, iou %.4f%s, lr %.3g, %.1fs (%s)", row["epoch"], self.cfg.epochs,
+                 row["loss"], train["iou"], local, row["lr"], row["time"], outcome)
 
     def _meta(self, epoch: int, best: float, lr: float) -> dict:
         return {"epoch": epoch, "best_loss": best, "lr": lr, "aux": self.choice.aux_name,
@@ -462,29 +382,11 @@ class _Run:
                 "seed": self.cfg.seed, "world_size": self.info.world_size,
                 "torch": str(torch.__version__)}  # a plain str: TorchVersion does not load with weights_only
 
-    def _save_best(self, model: PRN, epoch: int, loss: float, lr: float) -> None:
-        if self.info.is_main:
-            save_checkpoint(self.out.weights, model.state_dict(), self.config_record, self._meta(epoch, loss, lr))
-        barrier()  # the file exists on every rank before anyone may reload it
+    def best_meta(self, engine: Engine, epoch: int, value: float, train: dict, evaluated: dict) -> dict:
+        return self._meta(epoch, train["loss"], engine.progress.lr)
 
-    def _save_last(self, model, optimizer, schedule: PlateauSchedule, epoch: int, lr: float, history: list,
-                   stopped: str | None) -> None:
-        if not self.info.is_main:
-            return
-        state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "history": history, "rng": capture_rng_state(), "lr": lr, "stopped": stopped}
-        save_checkpoint(self.out.last, model.state_dict(), self.config_record,
-                        self._meta(epoch, schedule.best, lr), training_state=state)
-        write_text_atomic(self.out.history, "".join(json.dumps(r) + "\n" for r in history))
-
-
-def _iou_counts(prob: torch.Tensor, gt: torch.Tensor) -> list[torch.Tensor]:
-    """[|P∩Y|, |P∪Y|] with P = prob ≥ 0.5 (the authors' training-log threshold, docs/authors-refine.md §R10)."""
-    pred = prob.detach() >= 0.5
-    truth = gt >= 0.5
-    inter = (pred & truth).sum()
-    union = pred.sum() + truth.sum() - inter
-    return [inter, union]
+    def last_meta(self, engine: Engine, epoch: int) -> dict:
+        return self._meta(epoch, engine.schedule.best, engine.progress.lr)
 
 
 __all__ = ["RefineTrainConfig", "TrainSource", "train_prn"]

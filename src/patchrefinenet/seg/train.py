@@ -45,26 +45,28 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, DistributedSampler
 
 from data_utils.datasets import SegmentationSplit
 from data_utils.errors import InputError
-from data_utils.io import remove_stale_temporaries, write_text_atomic
-from data_utils.spec import DatasetSpec
+from data_utils.io import write_text_atomic
 from data_utils.layout import RunFolders
-from patchrefinenet.checkpoint import load_checkpoint, load_weights_strict, save_checkpoint
+from data_utils.spec import DatasetSpec
+from patchrefinenet.checkpoint import load_weights_strict
+from patchrefinenet.engine import (Engine, Family, Recipe, StepOutput, full_precision, read_resume_file,
+                                   refuse_changes, refuse_overwrite, remove_leftovers, setting_changes)
 from patchrefinenet.models import BASE_MODELS, build_base_model, init_imagenet_backbone
 from patchrefinenet.rloss import REGULARIZERS, RegularizedLoss, default_weight, partial_cross_entropy
 from patchrefinenet.seg.generate import checkpoint_model_kwargs, find_base_checkpoint, read_base_checkpoint
 from patchrefinenet.seg_losses import build_seg_loss
-from patchrefinenet.training import (PlateauSchedule, capture_rng_state, log_to_file, resolve_device,
-                                     restore_rng_state, seed_everything)
+from patchrefinenet.training import (Decision, DistInfo, cleanup_distributed, init_distributed, log_to_file,
+                                     resolve_device, seed_everything)
 
 log = logging.getLogger("patchrefinenet")
 
@@ -82,15 +84,6 @@ class BaseRunPaths(RunFolders):
 
 
 # --------------------------------------------------------------------------- the objective
-
-class StepOutput(NamedTuple):
-    """One forward pass: the scalar to minimise, the probabilities (B, 1, H, W) it came from and
-    optional named parts of the loss (e.g. ``pce``, ``reg``) for the logs."""
-
-    loss: torch.Tensor
-    prob: torch.Tensor
-    terms: dict | None = None
-
 
 SUPERVISION_MODES = ("full", "scribbles")
 
@@ -177,19 +170,33 @@ class Supervision:
         return f"scribbles, {reg}" + (f", pCE alone for the first {self.pce_epochs} epochs" if self.pce_epochs else "")
 
 
+class ForwardWithAux(nn.Module):
+    """A base model whose ``forward`` is its ``forward_with_aux`` (probabilities, auxiliary loss term),
+    so that DDP and torch.compile, which wrap ``forward``, see what the objectives call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_aux(x)
+
+
 class FullSupervision:
     """The authors' objective with full masks: ``loss(prob, mask) + aux`` where ``aux`` is the
     model's auxiliary term (PFANet's channel-attention regulariser, 0 for the others).
 
-    An objective maps (model, batch dict) to a :class:`StepOutput`.
+    An objective maps (net, batch dict) to a :class:`~patchrefinenet.engine.StepOutput`; ``net`` is a
+    :class:`ForwardWithAux` (possibly wrapped by DDP / torch.compile). The loss runs in float32.
     """
 
     def __init__(self, loss_name: str):
         self.loss_fn = build_seg_loss(loss_name)
 
-    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        prob, aux = model.forward_with_aux(batch["image"])
-        return StepOutput(self.loss_fn(prob, batch["mask"]) + aux, prob)
+    def __call__(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+        prob, aux = net(batch["image"])
+        with full_precision(prob.device):
+            return StepOutput(self.loss_fn(prob.float(), batch["mask"]) + aux.float(), prob)
 
 
 class ScribbleSupervision:
@@ -204,15 +211,17 @@ class ScribbleSupervision:
         self.loss_fn = RegularizedLoss(settings.reg_loss, settings.reg_weight, **settings.reg_params())
         self.regularize = True
 
-    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        prob, aux = model.forward_with_aux(batch["image"])
-        if self.regularize:
-            out = self.loss_fn(prob, batch["scribble"], batch["rgb"], batch.get("roi"))
-            loss, pce, reg = out["loss"], out["pce"], out["reg"]
-        else:
-            pce = partial_cross_entropy(prob, batch["scribble"])
-            loss, reg = pce, pce.new_zeros(())
-        return StepOutput(loss + aux, prob, {"pce": pce, "reg": reg})
+    def __call__(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+        prob, aux = net(batch["image"])
+        with full_precision(prob.device):
+            p = prob.float()
+            if self.regularize:
+                out = self.loss_fn(p, batch["scribble"], batch["rgb"], batch.get("roi"))
+                loss, pce, reg = out["loss"], out["pce"], out["reg"]
+            else:
+                pce = partial_cross_entropy(p, batch["scribble"])
+                loss, reg = pce, pce.new_zeros(())
+            return StepOutput(loss + aux.float(), prob, {"pce": pce, "reg": reg})
 
 
 def build_objective(spec: DatasetSpec, supervision: str | Supervision = "full") -> FullSupervision | ScribbleSupervision:
@@ -231,37 +240,6 @@ def as_batch(raw: Any, device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in raw.items()}
 
 
-# --------------------------------------------------------------------------- metrics
-
-class _Tally:
-    """Running sums on the device (no host sync per batch): loss, pooled IoU counts at > 0.5
-    (ground truth at ≥ 0.5, for DUTS's soft masks) and absolute error against the mask."""
-
-    def __init__(self, device: torch.device):
-        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss·B, inter, union, Σ|p−y|
-        self.terms: dict[str, torch.Tensor] = {}  # name -> Σ term·B
-        self.images = 0
-        self.pixels = 0
-
-    @torch.no_grad()
-    def update(self, out: StepOutput, masks: torch.Tensor) -> None:
-        prob, batch = out.prob, out.prob.shape[0]
-        pred, gt = prob > 0.5, masks >= 0.5
-        inter = (pred & gt).sum()
-        self.sums += torch.stack([out.loss.detach().double() * batch, inter.double(),
-                                  (pred.sum() + gt.sum() - inter).double(),
-                                  (prob.detach().double() - masks.double()).abs().sum()])
-        for name, value in (out.terms or {}).items():
-            self.terms[name] = self.terms.get(name, 0) + value.detach().double() * batch
-        self.images += batch
-        self.pixels += prob.numel()
-
-    def result(self) -> dict[str, float]:
-        loss, inter, union, abs_err = self.sums.tolist()
-        n = max(self.images, 1)
-        return {"loss": loss / n, "iou": (inter + 1) / (union + 1), "mae": abs_err / max(self.pixels, 1),
-                **{name: float(total) / n for name, total in self.terms.items()}}
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -269,11 +247,6 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The shuffling generator of ``epoch``: a function of (seed, epoch) only, so resume is exact."""
     state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 def _plain_config(model_name: str, model_kwargs: dict, spec: DatasetSpec, seed: int, pretrained: bool,
@@ -293,76 +266,31 @@ def _saved_supervision(config: dict) -> Supervision:
     return Supervision.from_dict(config["rloss"])
 
 
-def _run_epoch(model: nn.Module, loader: DataLoader, objective, device: torch.device,
-               optimizer: torch.optim.Optimizer | None, max_batches: int | None, desc: str, progress: bool) -> dict:
-    """One pass over ``loader``; trains when ``optimizer`` is given, else evaluates under no_grad."""
-    training = optimizer is not None
-    model.train(training)
-    tally = _Tally(device)
-    total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    bar = tqdm(loader, total=total, desc=desc, unit="batch", leave=False, disable=not progress)
-    with torch.set_grad_enabled(training):
-        for step, raw in enumerate(bar):
-            if step >= total:
-                break
-            batch = as_batch(raw, device)
-            out = objective(model, batch)
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                optimizer.step()
-            tally.update(out, batch["mask"])
-            if step % 10 == 0 or step == total - 1:  # the only host syncs of the loop
-                r = tally.result()
-                if not math.isfinite(r["loss"]):
-                    raise FloatingPointError(f"{desc}: the loss became {r['loss']} by batch {step + 1}; lower "
-                                             f"--lr or check the data (the best weights saved so far are intact)")
-                bar.set_postfix(loss=f"{r['loss']:.4f}", iou=f"{r['iou']:.4f}")
-    bar.close()
-    return tally.result()
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in history))
-
-
-# --------------------------------------------------------------------------- the trainer
-
-@dataclass
-class _Progress:
-    """Where a run stands after ``epoch`` completed epochs (stored in the resume file)."""
-
-    lr: float
-    epoch: int = 0
-    history: list = dataclasses.field(default_factory=list)
-    stopped: str | None = None
-    best_epoch: int | None = None
-    reg_start: int = 0  # first epoch (0-based) whose objective includes the regulariser (scribbles)
-
-
 def _resolve_run(spec: DatasetSpec, paths: BaseRunPaths, model_name: str, resume: bool, overrides: dict,
                  seed: int, pretrained: bool, model_kwargs: dict, supervision: Supervision | None):
     """The run's spec, seed, pretrained flag, model kwargs, supervision and (on resume) the resume
     checkpoint.
 
-    A resumed run keeps everything stored in ``<model>_last.th`` except ``max_epochs``, which may
-    be extended. ``supervision`` None: full masks for a new run, the stored settings on resume.
+    A resumed run keeps the settings stored in ``<model>_last.th``: ``max_epochs`` may be extended,
+    model kwargs not given are the run's, and any other setting given with another value is refused
+    (the engine's resume rule). ``supervision`` None: full masks for a new run, the stored settings
+    on resume; a different one asked for on resume is ignored with a warning.
     """
     if not resume:
         recipe = dataclasses.replace(spec.train, **overrides)
         spec = dataclasses.replace(spec, train=recipe)
         return spec, seed, pretrained, model_kwargs, (supervision or Supervision()).resolved(spec), None
-    if not paths.last.is_file():
-        raise InputError(f"--resume: no resume file {paths.last}; start without --resume")
-    last = read_base_checkpoint(paths.last, model_name)
-    if not last.training_state or "optimizer" not in last.training_state or not last.config:
-        raise InputError(f"--resume: {paths.last} holds no training state; start without --resume")
+    last = read_resume_file(paths, lambda path, _: read_base_checkpoint(path, model_name))
     saved = last.config
     recipe = DatasetSpec.from_dict(saved["dataset"], source=str(paths.last)).train
-    ignored = {k: v for k, v in overrides.items() if k != "max_epochs" and v != getattr(recipe, k)}
-    if ignored:
-        log.warning("--resume keeps the run's %s; ignoring %s",
-                    ", ".join(f"{k}={getattr(recipe, k)}" for k in ignored), ignored)
+    saved_kwargs = dict(saved.get("model_kwargs") or {})
+    now = {k: v for k, v in overrides.items() if k != "max_epochs"}
+    changes = setting_changes(dataclasses.asdict(recipe), now)
+    changes += setting_changes({"seed": int(saved["seed"])}, {"seed": int(seed)})
+    if model_kwargs:
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in model_kwargs.items()}
+        changes += setting_changes({"model_kwargs": saved_kwargs}, {"model_kwargs": plain})
+    refuse_changes(paths.last, changes)
     if "max_epochs" in overrides:
         recipe = dataclasses.replace(recipe, max_epochs=overrides["max_epochs"])
     spec = dataclasses.replace(spec, train=recipe)
@@ -370,8 +298,111 @@ def _resolve_run(spec: DatasetSpec, paths: BaseRunPaths, model_name: str, resume
     if supervision is not None and supervision.resolved(spec) != kept:
         log.warning("--resume keeps the run's supervision (%s); ignoring the one asked for (%s)",
                     kept.describe(), supervision.resolved(spec).describe())
-    return (spec, int(saved["seed"]), bool(saved["pretrained"]), dict(saved.get("model_kwargs") or {}), kept, last)
+    return spec, int(saved["seed"]), bool(saved["pretrained"]), saved_kwargs, kept, last
 
+
+# --------------------------------------------------------------------------- the family
+
+class _BaseRun(Family):
+    """The base-model family of the training engine (:mod:`patchrefinenet.engine`): the objective
+    (full masks or scribbles), validation on the non-augmented val split, the monitored value
+    (``val_loss``/``val_mae`` minimised, ``val_iou`` maximised) and the two-phase scribble recipe
+    as hooks (the pCE phase, then the best pCE weights + the regulariser)."""
+
+    mae = True
+
+    def __init__(self, spec: DatasetSpec, model_name: str, paths: BaseRunPaths, model: nn.Module, config: dict,
+                 supervision: Supervision, train_set: SegmentationSplit, val_set: SegmentationSplit, seed: int,
+                 num_workers: int, recipe: Recipe, device: torch.device) -> None:
+        self.spec, self.name, self.paths, self.model, self.config = spec, model_name, paths, model, config
+        self.supervision, self.train_set, self.seed, self.num_workers = supervision, train_set, seed, num_workers
+        self.recipe, self.device = recipe, device
+        self.monitor_key = "val_iou" if supervision.mode == "scribbles" else spec.train.monitor  # module docstring
+        self.sign = -1.0 if self.monitor_key == "val_iou" else 1.0
+        self.train_objective = build_objective(spec, supervision)
+        self.val_objective = FullSupervision(spec.train.loss)  # full val masks, whatever the training signal
+        self.scribbles = supervision.mode == "scribbles"
+        self.two_phase = self.scribbles and supervision.reg_loss != "none" and supervision.reg_weight > 0
+        self.pin = device.type == "cuda"  # page-locked batches: the non_blocking copies overlap compute
+        self.val_loader = DataLoader(val_set, batch_size=spec.train.batch_size, shuffle=False,
+                                     num_workers=num_workers, pin_memory=self.pin)
+
+    def forward_module(self) -> nn.Module:
+        return ForwardWithAux(self.model)
+
+    def prepare(self, raw: Any, device: torch.device) -> dict:
+        return as_batch(raw, device)
+
+    def train_batches(self, epoch: int, info: DistInfo) -> DataLoader:
+        self.train_set.set_epoch(epoch)
+        shuffle: dict[str, Any] = {"shuffle": True, "generator": _epoch_generator(self.seed, epoch)}
+        if info.distributed:  # each rank its share of the (seed, epoch) permutation
+            sampler = DistributedSampler(self.train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                         seed=self.seed)
+            sampler.set_epoch(epoch)
+            shuffle = {"sampler": sampler}
+        return DataLoader(self.train_set, batch_size=self.spec.train.batch_size, pin_memory=self.pin,
+                          num_workers=self.num_workers, **shuffle)
+
+    def objective(self, net: nn.Module, batch: dict) -> StepOutput:
+        return self.train_objective(net, batch)
+
+    def on_epoch_start(self, engine: Engine, epoch: int) -> None:
+        if self.scribbles:
+            self.train_objective.regularize = epoch >= self.reg_start(engine)
+
+    def reg_start(self, engine: Engine) -> int:
+        """First epoch (0-based) whose objective includes the regulariser (scribbles)."""
+        return int(engine.progress.extra.setdefault("reg_start", self.supervision.pce_epochs))
+
+    def evaluate(self, engine: Engine, epoch: int) -> dict:
+        """The val pass on every rank (full val split, not reduced), against the full masks."""
+        return engine.run_pass(engine.eval_net, self.val_loader, self.val_objective, train=False,
+                               desc=f"val {epoch + 1}", epoch=epoch)
+
+    def monitor(self, train: dict, evaluated: dict) -> float:
+        return {"val_loss": evaluated["loss"], "val_mae": evaluated["mae"], "val_iou": evaluated["iou"]}[self.monitor_key]
+
+    def after_decision(self, engine: Engine, epoch: int, decision: Decision, actions: list[str]) -> Decision:
+        """The pCE phase of the two-phase recipe: a plateau stop ends the phase, not the run; at its end
+        the best pCE weights are reloaded and the regularised phase gets the full patience."""
+        if not (self.two_phase and epoch < self.reg_start(engine)):
+            return decision
+        if decision.stop:
+            decision = dataclasses.replace(decision, stop=False)
+            engine.progress.extra["reg_start"] = epoch + 1
+            actions.append("pCE phase ended by the plateau rule")
+        if epoch + 1 == self.reg_start(engine):
+            best = engine.progress.best_epoch
+            if best is not None:
+                engine.reload_best()
+            engine.schedule.counter = 0
+            actions.append(f"{self.supervision.reg_loss} regulariser on from epoch {epoch + 2}"
+                           + (f" (best pCE weights of epoch {best} reloaded)" if best else ""))
+        return decision
+
+    def record(self, engine: Engine, epoch: int, lr: float, train: dict, evaluated: dict, decision: Decision,
+               actions: list[str], seconds: float) -> dict:
+        row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_iou": train["iou"],
+               "val_loss": evaluated["loss"], "val_iou": evaluated["iou"], "val_mae": evaluated["mae"],
+               "improved": decision.improved, "seconds": seconds}
+        if self.scribbles:
+            row.update(train_pce=train["pce"], train_reg=train["reg"], regularized=self.train_objective.regularize)
+        row["action"] = ", ".join(actions)
+        return row
+
+    def log_epoch(self, engine: Engine, row: dict, train: dict, evaluated: dict, decision: Decision) -> None:
+        parts = f" (pce {train['pce']:.5f} reg {train['reg']:.5f})" if self.scribbles else ""
+        log.info("epoch %d/%d  train loss %.5f%s iou %.4f | val loss %.5f iou %.4f mae %.5f | lr %.3g  %s",
+                 row["epoch"], self.recipe.max_epochs, row["train_loss"], parts, row["train_iou"], row["val_loss"],
+                 row["val_iou"], row["val_mae"], row["lr"], row["action"])
+
+    def best_meta(self, engine: Engine, epoch: int, value: float, train: dict, evaluated: dict) -> dict:
+        return {"epoch": epoch, "monitor": self.monitor_key, "value": value, "val_loss": evaluated["loss"],
+                "val_iou": evaluated["iou"], "val_mae": evaluated["mae"]}
+
+
+# --------------------------------------------------------------------------- the entry point
 
 def train_base_model(
     spec: DatasetSpec,
@@ -400,7 +431,8 @@ def train_base_model(
     ``epochs`` / ``batch_size`` / ``lr`` override the recipe; ``pretrained`` loads ImageNet weights
     into the backbone of a fresh model (D-LinkNet, PFANet; offline it raises an InputError that
     says where to put the file); ``resume`` continues from ``<model>_last.th`` with the settings
-    stored there (``epochs`` may extend it); ``init_weights`` starts from saved weights like the
+    stored there (``epochs`` may extend it; another value of a setting is refused, naming it);
+    ``init_weights`` starts from saved weights like the
     authors' ``--checkpoint`` (True: the model's default weights file, or a path) with a fresh
     optimizer and schedule; ``max_batches_per_epoch`` caps train and val batches (smoke tests;
     pass the same value when resuming); ``model_kwargs`` go to the constructor (e.g. narrow
@@ -425,26 +457,21 @@ def train_base_model(
     if lr is not None and not (lr > 0 and math.isfinite(lr)):
         raise InputError(f"--lr must be a positive number, got {lr!r}")
     paths = BaseRunPaths(Path(output_root), model_name)
-    existing = [p for p in (paths.weights, paths.last) if p.is_file()]
-    if existing and not (resume or overwrite):
-        raise InputError(f"{existing[0]} exists (an earlier run's weights); continue it with --resume True, "
-                         f"replace it with --overwrite True, or write elsewhere with --output_root")
+    refuse_overwrite(paths, resume, overwrite)
     dev = resolve_device(device)
     overrides = {k: v for k, v in (("max_epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
     if isinstance(supervision, str):
         supervision = Supervision(supervision)
     spec, seed, pretrained, model_kwargs, supervision, last = _resolve_run(
         spec, paths, model_name, resume, overrides, seed, pretrained, dict(model_kwargs or {}), supervision)
-    recipe = spec.train
-    monitor = "val_iou" if supervision.mode == "scribbles" else recipe.monitor  # see the module docstring
-    sign = -1.0 if monitor == "val_iou" else 1.0  # the plateau rule minimises sign · value
-    objective = build_objective(spec, supervision)
-    val_objective = FullSupervision(recipe.loss)  # validation: full val masks, whatever the training signal
-    scribbles = supervision.mode == "scribbles"
-    two_phase = scribbles and supervision.reg_loss != "none" and supervision.reg_weight > 0
+    r = spec.train
+    recipe = Recipe(lr=r.lr, max_epochs=r.max_epochs, decay_after=r.decay_after, stop_after=r.stop_after,
+                    factor=r.factor, min_lr=r.min_lr, weight_decay=r.weight_decay, max_batches=max_batches_per_epoch,
+                    compile=compile, progress=progress)
 
     # Every input is checked (data, weights to start from) before anything is written or downloaded.
-    train_set = SegmentationSplit(spec, data_root, "train", augment=True, seed=seed, scribbles=scribbles)
+    train_set = SegmentationSplit(spec, data_root, "train", augment=True, seed=seed,
+                                  scribbles=supervision.mode == "scribbles")
     val_set = SegmentationSplit(spec, data_root, "val", augment=False)
     for split in (train_set, val_set):
         if len(split) == 0:
@@ -453,120 +480,58 @@ def train_base_model(
     if init_weights:
         init_source = find_base_checkpoint(spec, model_name, paths.root) if init_weights is True else Path(init_weights)
         init = read_base_checkpoint(init_source, model_name)
-        init_state = init.state_dict
         model_kwargs = model_kwargs or checkpoint_model_kwargs(init, model_name)  # e.g. a narrow ResUNet++
     config = _plain_config(model_name, model_kwargs, spec, seed, pretrained, supervision)
     seed_everything(seed)
     model = build_base_model(model_name, **model_kwargs)
     if init_source is not None:
-        load_weights_strict(model, init_state, f"checkpoint {init_source}")
+        load_weights_strict(model, init.state_dict, f"checkpoint {init_source}")
     elif pretrained and last is None:
         init_imagenet_backbone(model, progress=progress)
     model.to(dev)
-    if compile:  # the objectives call forward_with_aux; the saved state_dict is the plain module's
-        model.forward_with_aux = torch.compile(model.forward_with_aux)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = PlateauSchedule(recipe.decay_after, recipe.stop_after, recipe.factor, recipe.min_lr)
-    run = _Progress(lr=recipe.lr, reg_start=supervision.pce_epochs)
-    if last is not None:
-        state = last.training_state
-        load_weights_strict(model, last.state_dict, f"resume file {paths.last}")
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        run = _Progress(float(state["lr"]), int(state["epoch"]), list(state["history"]), state.get("stopped"),
-                        state.get("best_epoch"), int(state.get("reg_start", supervision.pce_epochs)))
-        restore_rng_state(state["rng"])
-    pin = dev.type == "cuda"  # page-locked batches: the non_blocking copies in as_batch overlap compute
-    val_loader = DataLoader(val_set, batch_size=recipe.batch_size, shuffle=False, num_workers=num_workers,
-                            pin_memory=pin)
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    info = init_distributed(dev)
+    try:
+        family = _BaseRun(spec, model_name, paths, model, config, supervision, train_set, val_set, seed, num_workers,
+                          recipe, info.device)
+        return _run(family, Engine(family, info, last), info, init_source, len(val_set))
+    finally:
+        if owns_group and info.distributed:
+            cleanup_distributed()
 
-    for path in remove_stale_temporaries(paths.checkpoint_dir, paths.log_dir):
-        log.info("removed %s (left by a run that was killed)", path)
-    log_file = paths.train_log(time.strftime("%Y%m%d-%H%M%S"))
+
+def _run(family: _BaseRun, engine: Engine, info: DistInfo, init_source: Path | None, n_val: int) -> dict[str, Any]:
+    """Log the run's set-up, train the remaining epochs, return :func:`train_base_model`'s result."""
+    paths, recipe, p = family.paths, family.spec.train, engine.progress
+    if info.is_main:
+        remove_leftovers(paths.checkpoint_dir, paths.log_dir)
+    log_file = paths.train_log(time.strftime("%Y%m%d-%H%M%S")) if info.is_main else None
     with log_to_file(log_file):
-        log.info("training %s on %s (%s): %s", model_name, spec.name, dev, json.dumps(config["dataset"]["train"]))
-        write_text_atomic(paths.train_config, json.dumps(config, indent=2) + "\n")
+        log.info("training %s on %s (%s): %s", family.name, family.spec.name, family.device,
+                 json.dumps(family.config["dataset"]["train"]))
+        if info.is_main:
+            write_text_atomic(paths.train_config, json.dumps(family.config, indent=2) + "\n")
         if init_source is not None:
             log.info("started from the weights in %s (fresh optimizer and schedule)", init_source)
-        if last is not None:
-            log.info("resumed after epoch %d from %s", run.epoch, paths.last)
+        if engine.resumed:
+            log.info("resumed after epoch %d from %s", p.epoch, paths.last)
         elif paths.last.is_file():
             log.warning("starting a new run: %s (the previous run's resume file) will be replaced; "
                         "use --resume True to continue that run instead", paths.last)
         log.info("%d train / %d val images, batch %d, lr %g, up to %d epochs, monitor %s; supervision: %s",
-                 len(train_set), len(val_set), recipe.batch_size, run.lr, recipe.max_epochs, monitor,
-                 supervision.describe())
-        if two_phase and run.reg_start >= recipe.max_epochs:
-            log.warning("--pce_epochs %d >= %d epochs: the %s regulariser is never used", run.reg_start,
-                        recipe.max_epochs, supervision.reg_loss)
-        if run.stopped is not None:
-            log.info("this run already stopped (%s) after epoch %d; nothing to resume", run.stopped, run.epoch)
-        epochs_left = range(run.epoch, recipe.max_epochs) if run.stopped is None else range(0)
-        epoch_bar = tqdm(epochs_left, initial=run.epoch, total=recipe.max_epochs, desc=f"{model_name} epochs",
-                         unit="epoch", disable=not progress)
-        for epoch in epoch_bar:
-            started = time.time()
-            train_set.set_epoch(epoch)
-            if scribbles:
-                objective.regularize = epoch >= run.reg_start
-            train_loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, pin_memory=pin,
-                                      num_workers=num_workers, generator=_epoch_generator(seed, epoch))
-            train = _run_epoch(model, train_loader, objective, dev, optimizer, max_batches_per_epoch,
-                               f"train {epoch + 1}", progress)
-            val = _run_epoch(model, val_loader, val_objective, dev, None, max_batches_per_epoch,
-                             f"val {epoch + 1}", progress)
-            value = {"val_loss": val["loss"], "val_mae": val["mae"], "val_iou": val["iou"]}[monitor]
-            decision = schedule.step(sign * value, run.lr)
-            actions = []
-            if decision.improved:
-                run.best_epoch = epoch + 1
-                save_checkpoint(paths.weights, model.state_dict(), config,
-                                {"epoch": epoch + 1, "monitor": monitor, "value": value,
-                                 "val_loss": val["loss"], "val_iou": val["iou"], "val_mae": val["mae"]})
-                actions.append("saved")
-            row = {"epoch": epoch + 1, "lr": run.lr, "train_loss": train["loss"], "train_iou": train["iou"],
-                   "val_loss": val["loss"], "val_iou": val["iou"], "val_mae": val["mae"],
-                   "improved": decision.improved, "seconds": round(time.time() - started, 3)}
-            if scribbles:
-                row.update(train_pce=train["pce"], train_reg=train["reg"], regularized=epoch >= run.reg_start)
-            if two_phase and epoch < run.reg_start:  # the pCE phase of the two-phase recipe
-                if decision.stop:  # the plateau rule ends the pCE phase, not the run
-                    decision = dataclasses.replace(decision, stop=False)
-                    run.reg_start = epoch + 1
-                    actions.append("pCE phase ended by the plateau rule")
-                if epoch + 1 == run.reg_start:
-                    if run.best_epoch is not None:
-                        load_weights_strict(model, load_checkpoint(paths.weights).state_dict,
-                                            f"best weights {paths.weights}")
-                    schedule.counter = 0  # the regularised phase gets the full patience
-                    actions.append(f"{supervision.reg_loss} regulariser on from epoch {epoch + 2}"
-                                   + (f" (best pCE weights of epoch {run.best_epoch} reloaded)" if run.best_epoch else ""))
-            if decision.stop:
-                run.stopped = "no_improvement" if schedule.counter > recipe.stop_after else "lr_below_min"
-                actions.append(f"stop ({run.stopped})")
-            elif decision.reload_best:  # as the authors: weights only, the Adam state is kept
-                load_weights_strict(model, load_checkpoint(paths.weights).state_dict, f"best weights {paths.weights}")
-                run.lr = decision.new_lr
-                _set_lr(optimizer, run.lr)
-                actions.append(f"reloaded best, lr -> {run.lr:.3g}")
-            row["action"] = ", ".join(actions)
-            run.history.append(row)
-            run.epoch = epoch + 1
-            parts = f" (pce {train['pce']:.5f} reg {train['reg']:.5f})" if scribbles else ""
-            log.info("epoch %d/%d  train loss %.5f%s iou %.4f | val loss %.5f iou %.4f mae %.5f | lr %.3g  %s",
-                     epoch + 1, recipe.max_epochs, train["loss"], parts, train["iou"], val["loss"], val["iou"],
-                     val["mae"], row["lr"], row["action"])
-            state = {**dataclasses.asdict(run), "optimizer": optimizer.state_dict(),
-                     "schedule": schedule.state_dict(), "rng": capture_rng_state()}
-            save_checkpoint(paths.last, model.state_dict(), config, {"epoch": run.epoch}, training_state=state)
-            _write_history(paths.history, run.history)
-            epoch_bar.set_postfix(**{monitor: f"{value:.5f}", "best": f"{sign * schedule.best:.5f}"})
-            if run.stopped is not None:
-                break
-        epoch_bar.close()
-        stopped = run.stopped or ("max_epochs" if run.epoch >= recipe.max_epochs else None)
-        log.info("finished after %d epochs (%s); best %s %.6f at epoch %s -> %s", run.epoch, stopped,
-                 monitor, sign * schedule.best, run.best_epoch, paths.weights)
-    return {"best_epoch": run.best_epoch, "best_value": sign * schedule.best, "monitor": monitor,
-            "epochs_run": run.epoch, "stopped": stopped, "checkpoint": str(paths.weights), "last": str(paths.last),
-            "history": str(paths.history), "log_file": str(log_file)}
+                 len(family.train_set), n_val, recipe.batch_size, p.lr, recipe.max_epochs, family.monitor_key,
+                 family.supervision.describe())
+        reg_start = family.reg_start(engine)
+        if family.two_phase and reg_start >= recipe.max_epochs:
+            log.warning("--pce_epochs %d >= %d epochs: the %s regulariser is never used", reg_start,
+                        recipe.max_epochs, family.supervision.reg_loss)
+        if p.stopped is not None:
+            log.info("this run already stopped (%s) after epoch %d; nothing to resume", p.stopped, p.epoch)
+        engine.run()
+        stopped = p.stopped or ("max_epochs" if p.epoch >= recipe.max_epochs else None)
+        best = family.sign * engine.schedule.best
+        log.info("finished after %d epochs (%s); best %s %.6f at epoch %s -> %s", p.epoch, stopped,
+                 family.monitor_key, best, p.best_epoch, paths.weights)
+    return {"best_epoch": p.best_epoch, "best_value": best, "monitor": family.monitor_key,
+            "epochs_run": p.epoch, "stopped": stopped, "checkpoint": str(paths.weights), "last": str(paths.last),
+            "history": str(paths.history), "log_file": None if log_file is None else str(log_file)}
