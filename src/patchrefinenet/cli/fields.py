@@ -1,9 +1,12 @@
 """argparse options generated from a config dataclass, so a setting is declared once (its field).
 
 ``add_field_options(parser, Config, exclude=...)`` adds ``--<field>`` for every field with a
-default: its type from the annotation (bools parsed strictly, ``X | None`` accepting ``none``),
-its default from the field, its help from ``field.metadata["help"]`` when present.
-``field_values(args, Config)`` collects the parsed values back as keyword arguments.
+default: its type from the annotation (bools parsed strictly, ``X | None`` accepting ``none``,
+``tuple[X, ...]`` parsing its items as X), its default from the field, its help from
+``field.metadata["help"]`` when present. ``field.metadata["cli"]`` may respell the option
+(``flags``, e.g. the authors' ``--no-pretrained``), say what its default means (``shown``, e.g.
+"the recipe's" for None) or pass argparse keywords (``choices``, ``nargs``, ``metavar``, ``action``). ``field_values(args, names)`` collects the parsed values back
+as keyword arguments.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ def _parser_for(annotation: Any) -> tuple[Any, bool]:
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     optional = "None" in text
     base = text.replace("| None", "").replace("None |", "").strip()
+    if base.startswith("tuple["):  # the items of an nargs option
+        base = base[len("tuple["):].split(",")[0].strip(" ]")
     kind = {"bool": str2bool, "int": int, "float": float, "str": str}.get(base, str)
 
     def parse(value: str) -> Any:
@@ -54,9 +59,20 @@ def add_field_options(parser: argparse.ArgumentParser | Any, config_cls: type, e
         if defaults and f.name in defaults:
             default, shown = defaults[f.name]
         help_text = f.metadata.get("help", f.name.replace("_", " "))
-        extra = {"nargs": "?", "const": True} if parse.__name__ == "bool" else {}
-        group.add_argument(f"--{f.name}", type=parse, default=default, metavar=f.name.upper(),
-                           help=f"{help_text} (default: {shown})", **extra)
+        cli = dict(f.metadata.get("cli") or {})
+        flags = cli.pop("flags", (f"--{f.name}",))
+        shown = cli.pop("shown", shown)
+        if "action" in cli:  # e.g. store_false: a bare flag, no value to parse
+            group.add_argument(*flags, dest=f.name, default=default, help=help_text, **cli)
+            continue
+        kwargs = {"nargs": "?", "const": True} if parse.__name__ == "bool" else {}
+        if "choices" in cli:  # the choices are the values ("none" may be one of them); argparse names them
+            parse, kwargs["metavar"] = str, None
+        else:
+            kwargs["metavar"] = f.name.upper()
+        kwargs.update(cli)
+        group.add_argument(*flags, dest=f.name, type=parse, default=default, help=f"{help_text} (default: {shown})",
+                           **kwargs)
     return names
 
 

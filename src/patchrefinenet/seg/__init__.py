@@ -3,12 +3,20 @@ load any base checkpoint, write the probability maps PatchRefineNet reads, make 
 pseudo-labels, and score the base model on the test split.
 
 The per-dataset scripts in ``src/<ds>/seg-models/`` are thin wrappers over
-:mod:`patchrefinenet.cli` modules that call these functions.
+:mod:`patchrefinenet.cli` modules that call these functions. Names are imported on first use, so
+``patchrefinenet.seg.config`` (the training settings) stays free of torch.
 """
-from patchrefinenet.seg.evaluate import calculate_base_iou, score_base_predictions
-from patchrefinenet.seg.generate import (generate_aux_arrays, generate_rst, load_base_model, read_base_checkpoint,
-                                         refine_arrays_dir)
-from patchrefinenet.seg.train import BaseRunPaths, train_base_model
+from importlib import import_module
 
-__all__ = ["BaseRunPaths", "calculate_base_iou", "generate_aux_arrays", "generate_rst", "load_base_model",
-           "read_base_checkpoint", "refine_arrays_dir", "score_base_predictions", "train_base_model"]
+_WHERE = {"calculate_base_iou": "evaluate", "score_base_predictions": "evaluate", "generate_aux_arrays": "generate",
+          "generate_rst": "generate", "load_base_model": "generate", "read_base_checkpoint": "generate",
+          "refine_arrays_dir": "generate", "BaseRunPaths": "train", "train_base": "train",
+          "train_base_model": "train", "SegTrainConfig": "config"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"patchrefinenet.seg.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'patchrefinenet.seg' has no attribute {name!r}")

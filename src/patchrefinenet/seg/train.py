@@ -63,6 +63,7 @@ from patchrefinenet.engine import (Engine, Family, Recipe, StepOutput, full_prec
                                    refuse_changes, refuse_overwrite, remove_leftovers, setting_changes)
 from patchrefinenet.models import BASE_MODELS, build_base_model, init_imagenet_backbone
 from patchrefinenet.rloss import REGULARIZERS, RegularizedLoss, default_weight, partial_cross_entropy
+from patchrefinenet.seg.config import SUPERVISION_MODES, SegTrainConfig
 from patchrefinenet.seg.generate import checkpoint_model_kwargs, find_base_checkpoint, read_base_checkpoint
 from patchrefinenet.seg_losses import build_seg_loss
 from patchrefinenet.training import (Decision, DistInfo, cleanup_distributed, init_distributed, log_to_file,
@@ -84,9 +85,6 @@ class BaseRunPaths(RunFolders):
 
 
 # --------------------------------------------------------------------------- the objective
-
-SUPERVISION_MODES = ("full", "scribbles")
-
 
 @dataclass(frozen=True)
 class Supervision:
@@ -404,81 +402,51 @@ class _BaseRun(Family):
 
 # --------------------------------------------------------------------------- the entry point
 
-def train_base_model(
-    spec: DatasetSpec,
-    model_name: str,
-    *,
-    data_root: str | os.PathLike,
-    output_root: str | os.PathLike,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    pretrained: bool = True,
-    resume: bool = False,
-    init_weights: str | os.PathLike | bool | None = None,
-    max_batches_per_epoch: int | None = None,
-    num_workers: int = 0,
-    model_kwargs: dict | None = None,
-    supervision: str | Supervision | None = None,
-    progress: bool = True,
-    compile: bool = False,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Train ``model_name`` on ``spec``'s train split, validating on its val split (docs/authors-seg.md §S3).
+def train_base(cfg: SegTrainConfig, spec: DatasetSpec) -> dict[str, Any]:
+    """Train ``cfg.model`` (default: ``spec``'s base model) on ``spec``'s train split, validating on
+    its val split (docs/authors-seg.md §S3), with the settings of ``cfg`` (:class:`SegTrainConfig`).
 
     ``epochs`` / ``batch_size`` / ``lr`` override the recipe; ``pretrained`` loads ImageNet weights
     into the backbone of a fresh model (D-LinkNet, PFANet; offline it raises an InputError that
     says where to put the file); ``resume`` continues from ``<model>_last.th`` with the settings
     stored there (``epochs`` may extend it; another value of a setting is refused, naming it);
-    ``init_weights`` starts from saved weights like the
-    authors' ``--checkpoint`` (True: the model's default weights file, or a path) with a fresh
-    optimizer and schedule; ``max_batches_per_epoch`` caps train and val batches (smoke tests;
-    pass the same value when resuming); ``model_kwargs`` go to the constructor (e.g. narrow
-    ResUNet++ ``filters``; with ``init_weights`` they default to the checkpoint's);
-    ``supervision`` (``"full"``, ``"scribbles"`` or a :class:`Supervision`; None = full masks, or
-    on resume the run's own) selects the objective (:func:`build_objective`); scribbles need
-    ``generate_scribbles.py`` to have run on the train split. ``compile`` runs the model's forward
-    through ``torch.compile`` (opt-in; the first batches of each input shape compile). A new run
-    (no ``resume``) refuses to replace the weights of an earlier one unless ``overwrite``.
+    ``checkpoint`` starts from saved weights like the authors' ``--checkpoint`` (the model's default
+    weights file, or ``checkpoint_path``) with a fresh optimizer and schedule;
+    ``max_batches_per_epoch`` caps train and val batches (smoke tests); ``model_width`` (or, from
+    Python, ``model_kwargs``) goes to the constructor (with ``checkpoint`` it defaults to the
+    file's); ``supervision`` (None = full masks, or on resume the run's own) selects the objective
+    (:func:`build_objective`); scribbles need ``generate_scribbles.py`` to have run on the train
+    split. A new run (no ``resume``) refuses to replace the weights of an earlier one unless
+    ``overwrite``. Under ``torchrun`` every rank calls this; rank 0 writes the files.
 
     Returns ``{"best_epoch", "best_value", "monitor", "epochs_run", "stopped", "checkpoint",
     "last", "history", "log_file"}``; ``stopped`` is ``max_epochs``, ``no_improvement`` or
     ``lr_below_min``; ``monitor`` is the recipe's (minimised) or, for scribbles, ``val_iou`` (maximised).
     """
+    model_name = cfg.model or spec.base_model
     if model_name not in BASE_MODELS:
         raise InputError(f"unknown base model {model_name!r} (--model); valid names: {', '.join(sorted(BASE_MODELS))}")
-    if resume and init_weights:
-        raise InputError("--resume continues an interrupted run and --checkpoint starts from saved weights; give one")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("max_batches_per_epoch", max_batches_per_epoch)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise InputError(f"--{name} must be a positive integer, got {value!r}")
-    if lr is not None and not (lr > 0 and math.isfinite(lr)):
-        raise InputError(f"--lr must be a positive number, got {lr!r}")
-    paths = BaseRunPaths(Path(output_root), model_name)
-    refuse_overwrite(paths, resume, overwrite)
-    dev = resolve_device(device)
-    overrides = {k: v for k, v in (("max_epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
-    if isinstance(supervision, str):
-        supervision = Supervision(supervision)
+    settings = cfg.supervision_settings()
+    supervision = None if settings is None else Supervision(**settings)
+    model_kwargs = _width_kwargs(model_name, cfg.model_width) or dict(cfg.model_kwargs or {})
+    paths = BaseRunPaths(Path(cfg.output_root), model_name)
+    refuse_overwrite(paths, cfg.resume, cfg.overwrite)
+    dev = resolve_device(cfg.device)
     spec, seed, pretrained, model_kwargs, supervision, last = _resolve_run(
-        spec, paths, model_name, resume, overrides, seed, pretrained, dict(model_kwargs or {}), supervision)
-    r = spec.train
-    recipe = Recipe(lr=r.lr, max_epochs=r.max_epochs, decay_after=r.decay_after, stop_after=r.stop_after,
-                    factor=r.factor, min_lr=r.min_lr, weight_decay=r.weight_decay, max_batches=max_batches_per_epoch,
-                    compile=compile, progress=progress)
+        spec, paths, model_name, cfg.resume, cfg.recipe_overrides(), cfg.seed, cfg.pretrained, model_kwargs,
+        supervision)
 
     # Every input is checked (data, weights to start from) before anything is written or downloaded.
-    train_set = SegmentationSplit(spec, data_root, "train", augment=True, seed=seed,
+    train_set = SegmentationSplit(spec, cfg.data_root, "train", augment=True, seed=seed,
                                   scribbles=supervision.mode == "scribbles")
-    val_set = SegmentationSplit(spec, data_root, "val", augment=False)
+    val_set = SegmentationSplit(spec, cfg.data_root, "val", augment=False)
     for split in (train_set, val_set):
         if len(split) == 0:
-            raise InputError(f"the {split.split} split of {spec.name} under {data_root} is empty; check its CSV file")
+            raise InputError(f"the {split.split} split of {spec.name} under {cfg.data_root} is empty; check its CSV file")
     init_source = None
-    if init_weights:
-        init_source = find_base_checkpoint(spec, model_name, paths.root) if init_weights is True else Path(init_weights)
+    if cfg.checkpoint:
+        init_source = Path(cfg.checkpoint_path) if cfg.checkpoint_path else find_base_checkpoint(spec, model_name,
+                                                                                                  paths.root)
         init = read_base_checkpoint(init_source, model_name)
         model_kwargs = model_kwargs or checkpoint_model_kwargs(init, model_name)  # e.g. a narrow ResUNet++
     config = _plain_config(model_name, model_kwargs, spec, seed, pretrained, supervision)
@@ -487,17 +455,54 @@ def train_base_model(
     if init_source is not None:
         load_weights_strict(model, init.state_dict, f"checkpoint {init_source}")
     elif pretrained and last is None:
-        init_imagenet_backbone(model, progress=progress)
+        init_imagenet_backbone(model, progress=cfg.progress)
     model.to(dev)
+    r = spec.train
+    recipe = Recipe(lr=r.lr, max_epochs=r.max_epochs, decay_after=r.decay_after, stop_after=r.stop_after,
+                    factor=r.factor, min_lr=r.min_lr, weight_decay=r.weight_decay, max_batches=cfg.max_batches_per_epoch,
+                    bf16=cfg.bf16 and dev.type == "cuda", compile=cfg.compile, progress=cfg.progress)
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = init_distributed(dev)
     try:
-        family = _BaseRun(spec, model_name, paths, model, config, supervision, train_set, val_set, seed, num_workers,
-                          recipe, info.device)
+        family = _BaseRun(spec, model_name, paths, model, config, supervision, train_set, val_set, seed,
+                          cfg.num_workers, recipe, info.device)
+        if cfg.bf16 and not recipe.bf16:
+            log.warning("--bf16 applies on CUDA only; ignored on %s", dev)
         return _run(family, Engine(family, info, last), info, init_source, len(val_set))
     finally:
         if owns_group and info.distributed:
             cleanup_distributed()
+
+
+def _width_kwargs(model: str, width: int | None) -> dict:
+    """``--model_width W`` → ResUNet++ ``filters`` (W, 2W, 4W, 8W, 16W); the authors' model is W = 32."""
+    if width is None:
+        return {}
+    if model != "resunetplusplus":
+        raise InputError(f"--model_width applies to resunetplusplus only (got --model {model}); "
+                         "D-LinkNet and PFANet have fixed ImageNet backbones")
+    return {"filters": [width * 2**i for i in range(5)]}
+
+
+def train_base_model(spec: DatasetSpec, model_name: str, *, data_root: str | os.PathLike,
+                     output_root: str | os.PathLike, init_weights: str | os.PathLike | bool | None = None,
+                     supervision: str | Supervision | None = None, device: str | torch.device = "auto",
+                     **settings: Any) -> dict[str, Any]:
+    """:func:`train_base` with keyword arguments (the earlier signature): any :class:`SegTrainConfig`
+    field (``seed``, ``epochs``, ``batch_size``, ``lr``, ``pretrained``, ``resume``, ``overwrite``,
+    ``max_batches_per_epoch``, ``num_workers``, ``model_kwargs``, ``progress``, ``compile``, ...),
+    ``init_weights`` (True: the model's default weights file, or a path; the authors'
+    ``--checkpoint``) and ``supervision`` (``"full"``, ``"scribbles"`` or a :class:`Supervision`)."""
+    if isinstance(supervision, Supervision):
+        fields_ = {k: v for k, v in supervision.to_dict().items() if supervision.mode == "scribbles" or k == "mode"}
+        settings.update(supervision=fields_.pop("mode"), **fields_)
+    elif supervision is not None:
+        settings["supervision"] = supervision
+    if init_weights:
+        settings.update(checkpoint=True, checkpoint_path=None if init_weights is True else str(init_weights))
+    cfg = SegTrainConfig(data_root=str(data_root), output_root=str(output_root), model=model_name, device=str(device),
+                         **settings)
+    return train_base(cfg, spec)
 
 
 def _run(family: _BaseRun, engine: Engine, info: DistInfo, init_source: Path | None, n_val: int) -> dict[str, Any]:
