@@ -245,6 +245,19 @@ def test_base_model_trains_on_two_cpu_ranks_and_only_rank0_writes(seg_data, tmp_
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     logs = list((out / "logs" / MODEL).glob(f"{MODEL}_log_*.log"))
     assert len(logs) == 1 and logs[0].read_text().count("epoch 2/2") == 1
-    history = [json.loads(line) for line in (out / "logs" / MODEL / f"{MODEL}_train_history.jsonl").read_text().splitlines()]
-    assert [row["epoch"] for row in history] == [1, 2]
-    assert sorted(p.name for p in (out / "checkpoints" / MODEL).iterdir()) == [f"{MODEL}_last.th", f"{MODEL}_weights.th"]
+    lines = (out / "logs" / MODEL / f"{MODEL}_train_history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    written = sorted(p.name for p in (out / "checkpoints" / MODEL).iterdir())
+    assert written == [f"{MODEL}_last.th", f"{MODEL}_weights.th"]
+
+
+def test_base_objectives_take_the_model_or_its_engine_wrapper_alike():
+    from patchrefinenet.models import build_base_model
+    from patchrefinenet.seg.train import ForwardWithAux, FullSupervision
+
+    torch.manual_seed(0)
+    model = build_base_model(MODEL, **NARROW)
+    batch = {"image": torch.randn(2, 3, 64, 64), "mask": (torch.rand(2, 1, 64, 64) > 0.5).float()}
+    objective = FullSupervision("dice_bce")
+    plain, wrapped = objective(model, batch), objective(ForwardWithAux(model), batch)
+    assert torch.equal(plain.loss, wrapped.loss) and torch.equal(plain.prob, wrapped.prob)

@@ -42,7 +42,8 @@ MODEL = "resunetplusplus"
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 # keys whose values are wall-clock times or machine paths, never compared
-_VOLATILE = {"out_path", "threshold_map_path", "seconds", "time", "checkpoint", "last", "history", "log_file", "history_file", "model", "selection"}
+_VOLATILE = {"out_path", "threshold_map_path", "seconds", "time", "checkpoint", "last", "history", "log_file",
+             "history_file", "model", "selection"}
 
 
 def _plain(value):

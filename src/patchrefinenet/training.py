@@ -1,4 +1,4 @@
-"""Engine pieces shared by the PRN and base-model trainers.
+"""Pieces shared by the training engine (:mod:`patchrefinenet.engine`) and the commands.
 
 - reproducibility: :func:`seed_everything`, :func:`capture_rng_state` / :func:`restore_rng_state`
   (plain Python containers, so a resume file loads with ``torch.load(weights_only=True)``);

@@ -5,8 +5,8 @@ default: its type from the annotation (bools parsed strictly, ``X | None`` accep
 ``tuple[X, ...]`` parsing its items as X), its default from the field, its help from
 ``field.metadata["help"]`` when present. ``field.metadata["cli"]`` may respell the option
 (``flags``, e.g. the authors' ``--no-pretrained``), say what its default means (``shown``, e.g.
-"the recipe's" for None) or pass argparse keywords (``choices``, ``nargs``, ``metavar``, ``action``). ``field_values(args, names)`` collects the parsed values back
-as keyword arguments.
+"the recipe's" for None) or pass argparse keywords (``choices``, ``nargs``, ``metavar``, ``action``).
+``field_values(args, names)`` collects the parsed values back as keyword arguments.
 """
 from __future__ import annotations
 

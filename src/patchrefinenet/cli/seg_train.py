@@ -108,5 +108,6 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
     return result
 
 
-# REG_LOSSES and SUPERVISION_MODES are the config's, named here for the scripts (a test keeps them equal to the engine's).
+# REG_LOSSES and SUPERVISION_MODES are the config's, named here for the scripts (a test keeps them
+# equal to the engine's).
 __all__ = ["REG_LOSSES", "SUPERVISION_MODES", "SegScript", "main", "resolve_seg_script", "seg_parser"]

@@ -17,9 +17,10 @@ from data_utils.errors import InputError
 METRICS = ("pooled_iou", "dice")
 
 
-def _f(default: Any, help: str) -> Any:
-    """A dataclass field with a default and its command-line help."""
-    return field(default=default, metadata={"help": help})
+def _f(default: Any, help: str, run: bool = False) -> Any:
+    """A dataclass field with a default and its command-line help; ``run``: the setting shapes the
+    optimisation trajectory, so a resumed run must keep the saved value (:data:`RUN_FIELDS`)."""
+    return field(default=default, metadata={"help": help, "run": run})
 
 
 @dataclass(frozen=True)
@@ -36,42 +37,42 @@ class RefineTrainConfig:
     output_root: str
     aux_model: str | None = _f(None, "pN, N = number of patches: p0 (global only), p4 (2×2), p16 (4×4), p64 (8×8)")
     patch_size: int | None = _f(None, "patch side in pixels instead of --aux_model")
-    width: int = _f(32, "PRN base width (the paper: 32)")
+    width: int = _f(32, "PRN base width (the paper: 32)", run=True)
     row7_quirk: bool = _f(False, "the authors' P64 row-7 wiring (docs/authors-refine.md §R3.4); only for "
-                                 "fine-tuning their p64 file")
+                                 "fine-tuning their p64 file", run=True)
     residual: bool = _f(False, "heads add a correction to the logit of the base probability, starting from zero "
-                               "(PRN begins as the base map; not in the paper)")
+                               "(PRN begins as the base map; not in the paper)", run=True)
     step_bn: bool = _f(True, "the recurrent blocks' BatchNorm keeps running statistics per application, so eval "
                              "mode is reliable (not in the paper)")
     select: float = _f(0.2, "share of the labelled maps held out to choose the epoch and the output rule, with a "
                             "fallback to the base map's best global threshold if PRN does not beat it "
-                            "(docs/refiner.md); 0 = the authors' behaviour")
-    select_metric: str = _f("pooled_iou", "held-out selection metric: pooled_iou or dice")
+                            "(docs/refiner.md); 0 = the authors' behaviour", run=True)
+    select_metric: str = _f("pooled_iou", "held-out selection metric: pooled_iou or dice", run=True)
     margin: float = _f(0.005, "gain over the base map's best global threshold PRN must show on the held-out maps "
                               "(0.005 = half a point)")
     confidence: float = _f(0.9, "PRN is kept only if, resampling the held-out maps, it beats the base map with this "
                                 "confidence (one-sided bootstrap bound); 0 = the margin alone")
     force_prn: bool = _f(False, "keep the best PRN rule even if it loses to the base map")
     epochs: int = _f(300, "max epochs")
-    lr: float = _f(8e-4, "initial Adam learning rate")
-    batch_size: int = _f(1, "maps per step")
-    shuffle: bool = _f(True, "shuffle the maps every epoch")
+    lr: float = _f(8e-4, "initial Adam learning rate", run=True)
+    batch_size: int = _f(1, "maps per step", run=True)
+    shuffle: bool = _f(True, "shuffle the maps every epoch", run=True)
     decay_after: int = _f(4, "plateau rule: epochs without improvement before reloading the best weights and "
-                             "dividing the lr (the 5th non-improving epoch)")
-    stop_after: int = _f(8, "plateau rule: epochs without improvement before stopping (the 9th)")
-    lr_factor: float = _f(1.1, "plateau rule: lr divisor")
-    min_lr: float = _f(5e-8, "plateau rule: stop once the lr falls below this")
-    augment: bool = _f(True, "flips and rot90, as the authors")
+                             "dividing the lr (the 5th non-improving epoch)", run=True)
+    stop_after: int = _f(8, "plateau rule: epochs without improvement before stopping (the 9th)", run=True)
+    lr_factor: float = _f(1.1, "plateau rule: lr divisor", run=True)
+    min_lr: float = _f(5e-8, "plateau rule: stop once the lr falls below this", run=True)
+    augment: bool = _f(True, "flips and rot90, as the authors", run=True)
     patch_bn_stats: bool = _f(True, "per-patch BatchNorm statistics in the local decoder during training, as the "
-                                    "authors")
-    upstream_order: bool = _f(False, "the authors' swapped loss arguments (analysis only: it does not train)")
-    seed: int = _f(0, "seeds initialisation, shuffling, augmentation and the held-out split")
+                                    "authors", run=True)
+    upstream_order: bool = _f(False, "the authors' swapped loss arguments (analysis only: it does not train)", run=True)
+    seed: int = _f(0, "seeds initialisation, shuffling, augmentation and the held-out split", run=True)
     device: str = _f("auto", "auto (cuda if available), cpu, cuda or cuda:<index>")
     bf16: bool = _f(False, "bf16 autocast (CUDA only)")
     channels_last: bool = _f(False, "channels-last memory format (CUDA only)")
     compile: bool = _f(False, "torch.compile the training forward (opt-in; the first batches compile)")
     num_workers: int = _f(0, "data-loading worker processes")
-    max_batches_per_epoch: int | None = _f(None, "cap on batches per epoch (smoke tests)")
+    max_batches_per_epoch: int | None = _f(None, "cap on batches per epoch (smoke tests)", run=True)
     resume: bool = _f(False, "continue an interrupted run from checkpoints/<aux>/<aux>_last.th")
     overwrite: bool = _f(False, "replace the weights of an earlier run in the output folder")
     init_checkpoint: str | None = _f(None, "start from these weights (ours or the authors' bare files)")
@@ -115,7 +116,10 @@ SELECTION_FIELDS = ("select", "select_metric", "margin", "force_prn")
 OWN_FIELDS = {"data_dir", "output_root", "aux_model", "patch_size", "dataset", "base_model", "progress",
               *SELECTION_FIELDS}
 
+#: Settings that define the optimisation trajectory: a resumed run must use the saved values.
+RUN_FIELDS = tuple(f.name for f in fields(RefineTrainConfig) if f.metadata.get("run"))
+
 #: Default value of every field that has one (resume files from older versions may lack new keys).
 DEFAULTS = {f.name: f.default for f in fields(RefineTrainConfig) if f.default is not MISSING}
 
-__all__ = ["DEFAULTS", "METRICS", "OWN_FIELDS", "RefineTrainConfig", "SELECTION_FIELDS"]
+__all__ = ["DEFAULTS", "METRICS", "OWN_FIELDS", "RUN_FIELDS", "RefineTrainConfig", "SELECTION_FIELDS"]

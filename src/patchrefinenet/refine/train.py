@@ -1,6 +1,7 @@
-"""PRN training (docs/authors-refine.md §R7): Adam, the authors' plateau rule (on the training loss, or
-with held-out selection on the held-out score, docs/refiner.md), atomic checkpoints, bit-exact resume,
-and ``torchrun`` data parallelism.
+"""PRN training (docs/authors-refine.md §R7): the PRN family of the one training engine
+(:mod:`patchrefinenet.engine`, docs/DESIGN.md "One training engine"), which brings Adam, the
+authors' plateau rule (on the training loss, or with held-out selection on the held-out score,
+docs/refiner.md), atomic checkpoints, bit-exact resume and ``torchrun`` data parallelism.
 
 One epoch = one pass over the validation-split arrays of the base model (``val_pred.npy``), with
 pseudo-labels ``train_aux_gt_p_<P>.npy`` (made on demand) and ground truth ``val_orig_gt.npy``.
@@ -41,7 +42,7 @@ from patchrefinenet.engine import (Engine, Family, Recipe, StepOutput, full_prec
 from patchrefinenet.losses import PRNLoss
 from patchrefinenet.maps import MapSource, as_source
 from patchrefinenet.models.prn import PRN, GridChoice, PRNConfig, load_prn, resolve_grid
-from patchrefinenet.refine.config import DEFAULTS, RefineTrainConfig
+from patchrefinenet.refine.config import DEFAULTS, RUN_FIELDS, RefineTrainConfig
 from patchrefinenet.refine.data import (
     TRAIN_GT, TRAIN_INPUTS, NpyMaps, RefineDataset, RefineOutputs, generator_hint, pseudo_label_name, require_arrays,
 )
@@ -53,10 +54,6 @@ from patchrefinenet.training import (Decision, DistInfo, barrier, cleanup_distri
 
 log = logging.getLogger("patchrefinenet")
 
-# Settings that define the optimisation trajectory: a resumed run must use the saved values.
-_RUN_KEYS = ("width", "row7_quirk", "residual", "select", "select_metric", "lr", "batch_size", "shuffle",
-             "decay_after", "stop_after", "lr_factor", "min_lr", "augment", "patch_bn_stats", "upstream_order", "seed",
-             "max_batches_per_epoch")
 
 @dataclass
 class TrainSource:
@@ -199,7 +196,7 @@ class _PRNRun(Family):
         # a key missing from an older file had its default value then (e.g. ``residual``)
         # (files from before held-out selection existed trained on every map: their select was 0)
         saved_train = {**DEFAULTS, "select": 0.0, **(ck.config or {}).get("train", {})}
-        diffs = setting_changes(saved_train, {k: getattr(self.cfg, k) for k in _RUN_KEYS})
+        diffs = setting_changes(saved_train, {k: getattr(self.cfg, k) for k in RUN_FIELDS})
         if saved_model.get("grid") != self.prn_config.grid:
             diffs.insert(0, f"grid: saved {saved_model.get('grid')!r}, now {self.prn_config.grid}")
         if saved_model.get("step_bn", False) != self.prn_config.step_bn:  # files before step_bn had none

@@ -1,4 +1,6 @@
-"""Train a base segmentation model with the authors' per-dataset recipe (docs/authors-seg.md §S3).
+"""Train a base segmentation model with the authors' per-dataset recipe (docs/authors-seg.md §S3): the
+base-model family of the one training engine (:mod:`patchrefinenet.engine`, docs/DESIGN.md "One
+training engine"), with its settings in :class:`~patchrefinenet.seg.config.SegTrainConfig`.
 
 The recipe comes from ``spec.train`` (``src/<ds>/dataset.toml``): loss, Adam lr / weight decay,
 batch size, max epochs, the monitored quantity (``val_loss`` or ``val_mae``) and the plateau rule
@@ -180,19 +182,25 @@ class ForwardWithAux(nn.Module):
         return self.model.forward_with_aux(x)
 
 
+def _prob_and_aux(net: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, auxiliary term) from a base model or a :class:`ForwardWithAux` (maybe wrapped)."""
+    return net.forward_with_aux(image) if hasattr(net, "forward_with_aux") else net(image)
+
+
 class FullSupervision:
     """The authors' objective with full masks: ``loss(prob, mask) + aux`` where ``aux`` is the
     model's auxiliary term (PFANet's channel-attention regulariser, 0 for the others).
 
     An objective maps (net, batch dict) to a :class:`~patchrefinenet.engine.StepOutput`; ``net`` is a
-    :class:`ForwardWithAux` (possibly wrapped by DDP / torch.compile). The loss runs in float32.
+    base model or, in the engine, a :class:`ForwardWithAux` (possibly wrapped by DDP / torch.compile).
+    The loss runs in float32.
     """
 
     def __init__(self, loss_name: str):
         self.loss_fn = build_seg_loss(loss_name)
 
     def __call__(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        prob, aux = net(batch["image"])
+        prob, aux = _prob_and_aux(net, batch["image"])
         with full_precision(prob.device):
             return StepOutput(self.loss_fn(prob.float(), batch["mask"]) + aux.float(), prob)
 
@@ -210,7 +218,7 @@ class ScribbleSupervision:
         self.regularize = True
 
     def __call__(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        prob, aux = net(batch["image"])
+        prob, aux = _prob_and_aux(net, batch["image"])
         with full_precision(prob.device):
             p = prob.float()
             if self.regularize:
@@ -359,7 +367,8 @@ class _BaseRun(Family):
                                desc=f"val {epoch + 1}", epoch=epoch)
 
     def monitor(self, train: dict, evaluated: dict) -> float:
-        return {"val_loss": evaluated["loss"], "val_mae": evaluated["mae"], "val_iou": evaluated["iou"]}[self.monitor_key]
+        values = {"val_loss": evaluated["loss"], "val_mae": evaluated["mae"], "val_iou": evaluated["iou"]}
+        return values[self.monitor_key]
 
     def after_decision(self, engine: Engine, epoch: int, decision: Decision, actions: list[str]) -> Decision:
         """The pCE phase of the two-phase recipe: a plateau stop ends the phase, not the run; at its end
@@ -442,7 +451,8 @@ def train_base(cfg: SegTrainConfig, spec: DatasetSpec) -> dict[str, Any]:
     val_set = SegmentationSplit(spec, cfg.data_root, "val", augment=False)
     for split in (train_set, val_set):
         if len(split) == 0:
-            raise InputError(f"the {split.split} split of {spec.name} under {cfg.data_root} is empty; check its CSV file")
+            raise InputError(f"the {split.split} split of {spec.name} under {cfg.data_root} is empty; "
+                             f"check its CSV file")
     init_source = None
     if cfg.checkpoint:
         init_source = Path(cfg.checkpoint_path) if cfg.checkpoint_path else find_base_checkpoint(spec, model_name,
@@ -459,8 +469,8 @@ def train_base(cfg: SegTrainConfig, spec: DatasetSpec) -> dict[str, Any]:
     model.to(dev)
     r = spec.train
     recipe = Recipe(lr=r.lr, max_epochs=r.max_epochs, decay_after=r.decay_after, stop_after=r.stop_after,
-                    factor=r.factor, min_lr=r.min_lr, weight_decay=r.weight_decay, max_batches=cfg.max_batches_per_epoch,
-                    bf16=cfg.bf16 and dev.type == "cuda", compile=cfg.compile, progress=cfg.progress)
+                    factor=r.factor, min_lr=r.min_lr, weight_decay=r.weight_decay,
+                    max_batches=cfg.max_batches_per_epoch, bf16=cfg.bf16 and dev.type == "cuda", compile=cfg.compile, progress=cfg.progress)
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = init_distributed(dev)
     try:
