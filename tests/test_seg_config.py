@@ -55,3 +55,24 @@ def test_the_config_and_the_train_parser_import_no_torch():
     code = ("import sys; import patchrefinenet.cli.seg_train, patchrefinenet.seg.config; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_resume_through_the_script_refuses_a_changed_run_setting_by_name(tmp_path, capsys):
+    from test_seg_engine import SIZE, make_tiny_deepglobe
+
+    data_root = make_tiny_deepglobe(tmp_path / "data")
+    config = tmp_path / "tiny.toml"
+    text = (REPO / "src" / "deepglobe" / "dataset.toml").read_text()
+    config.write_text(text.replace("input_size = 512", f"input_size = {SIZE}").replace("prn_size = 512",
+                                                                                        f"prn_size = {SIZE}"))
+    common = ["--config", str(config), "--data_root", str(data_root), "--output_root", str(tmp_path / "out"),
+              "--device", "cpu", "--model", "resunetplusplus", "--progress", "False", "--max_batches_per_epoch", "1"]
+    seg_train.main(SCRIPT, [*common, "--model_width", "4", "--no-pretrained", "--epochs", "1", "--batch_size", "2"])
+    for flags, needle in ((["--model_width", "8"], "model_width: saved 4, now 8"),
+                          (["--batch_size", "4"], "batch_size: saved 2, now 4"),
+                          (["--seed", "1"], "seed: saved 0, now 1")):
+        with pytest.raises(SystemExit) as info:
+            seg_train.main(SCRIPT, [*common, "--resume", "--epochs", "2", *flags])
+        assert info.value.code == 2 and needle in capsys.readouterr().err
+    resumed = seg_train.main(SCRIPT, [*common, "--resume", "--epochs", "2", "--model_width", "4", "--batch_size", "2"])
+    assert resumed["epochs_run"] == 2

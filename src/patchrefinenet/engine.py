@@ -214,9 +214,6 @@ class Family:
     def last_meta(self, engine: "Engine", epoch: int) -> dict:
         return {"epoch": epoch}
 
-    def diverged_hint(self) -> str:
-        return "a smaller --lr"
-
 
 # --------------------------------------------------------------------------- checks before a run
 
@@ -276,14 +273,14 @@ class Engine:
         self.resumed = resume_from is not None
         if resume_from is not None:
             self._resume(resume_from)
-        self.eval_net = family.forward_module()
-        net = self.eval_net
+        module = family.forward_module()
+        net = module
         if info.distributed:
             net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if recipe.compile:
             net = torch.compile(net)
-            self.eval_net = net if not info.distributed else self.eval_net
-        self.net = net
+        self.net = net  # training passes
+        self.eval_net = module if info.distributed else net  # evaluation: each rank alone, no DDP collectives
 
     def _resume(self, ck: LoadedCheckpoint) -> None:
         state = ck.training_state
@@ -345,7 +342,7 @@ class Engine:
         kept = " and ".join(str(p) for p in (paths.weights, paths.last) if p.is_file())
         return InputError(f"the training loss became non-finite in epoch {epoch + 1} (lr {self.family.recipe.lr:g}): "
                           f"the weights diverged; stopped, keeping {kept or 'no checkpoint (none was saved yet)'}; "
-                          f"start again with {self.family.diverged_hint()}{' and --overwrite True' if kept else ''}")
+                          f"start again with a smaller --lr{' and --overwrite True' if kept else ''}")
 
     # ------------------------------------------------------------------ files
 

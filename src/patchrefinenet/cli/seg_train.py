@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
@@ -96,7 +97,8 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv`` and train; returns :func:`~patchrefinenet.seg.train.train_base`'s result."""
     parser, names = _parser(script_file)
     args = parser.parse_args(argv)
-    setup_logging()
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun every rank runs this; rank 0 reports
+    setup_logging(rank=rank)
     run = resolve_seg_script(args, script_file)
     settings = field_values(args, names)
     settings.update(model=run.model, data_root=str(run.data_root), output_root=str(run.output_root))
@@ -104,7 +106,8 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
     from patchrefinenet.seg.train import train_base  # torch: only once the arguments are fine
 
     result = train_base(cfg, run.spec)
-    print(json.dumps(result, indent=2))
+    if rank == 0:
+        print(json.dumps(result, indent=2))
     return result
 
 

@@ -9,7 +9,7 @@ field here (docs/DESIGN.md, "One source per setting").
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from data_utils.errors import InputError
@@ -22,11 +22,12 @@ REG_LOSSES = ("densecrf", "ncut", "size", "none")
 SCRIBBLE_FIELDS = ("reg_loss", "reg_weight", "pce_epochs", "sigma_rgb", "sigma_xy", "reg_scale", "size_bounds")
 
 
-def _f(default: Any, help: str, **cli: Any) -> Any:
+def _f(default: Any, help: str, run: bool = False, **cli: Any) -> Any:
     """A dataclass field with a default, its command-line help and optional argparse keywords
     (``flags`` to respell the option, ``shown`` to say what the default means, ``choices``,
-    ``nargs``, ``metavar``, ``action``)."""
-    return field(default=default, metadata={"help": help, "cli": cli})
+    ``nargs``, ``metavar``, ``action``). ``run``: the setting shapes the optimisation trajectory, so
+    a resumed run refuses another value than the run's (:data:`RUN_FIELDS`)."""
+    return field(default=default, metadata={"help": help, "cli": cli, "run": run})
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,14 @@ class SegTrainConfig:
     data_root: str
     output_root: str
     model: str = _f("", "base model: dlinknet (DeepGlobe), pfanet (DUTS) or resunetplusplus (Kvasir)")
-    seed: int = _f(0, "seeds initialisation, shuffling and augmentation")
+    seed: int = _f(0, "seeds initialisation, shuffling and augmentation", run=True)
     epochs: int | None = _f(None, "max epochs", shown="the recipe's; on --resume the run's")
-    batch_size: int | None = _f(None, "batch size", shown="the recipe's")
-    lr: float | None = _f(None, "initial learning rate", shown="the recipe's")
+    batch_size: int | None = _f(None, "batch size", run=True, shown="the recipe's")
+    lr: float | None = _f(None, "initial learning rate", run=True, shown="the recipe's")
     pretrained: bool = _f(True, "start the backbone from random weights instead of ImageNet",
                           flags=("--no-pretrained",), action="store_false")
-    model_width: int | None = _f(None, "ResUNet++ only: width of the first level (authors: 32; 8 trains on a CPU)")
+    model_width: int | None = _f(None, "ResUNet++ only: width of the first level (authors: 32; 8 trains on a CPU)",
+                                 run=True)
     checkpoint: bool = _f(False, "start from saved weights (<model>_weights.th or --checkpoint_path) with a fresh "
                                  "optimizer, as the authors' --checkpoint")
     checkpoint_path: str | None = _f(None, "weights file for --checkpoint True")
@@ -115,4 +117,7 @@ class SegTrainConfig:
         return asdict(self)
 
 
-__all__ = ["REG_LOSSES", "SCRIBBLE_FIELDS", "SUPERVISION_MODES", "SegTrainConfig"]
+#: Settings that define the optimisation trajectory: given on resume, they must equal the run's.
+RUN_FIELDS = tuple(f.name for f in fields(SegTrainConfig) if f.metadata.get("run"))
+
+__all__ = ["REG_LOSSES", "RUN_FIELDS", "SCRIBBLE_FIELDS", "SUPERVISION_MODES", "SegTrainConfig"]

@@ -65,7 +65,7 @@ from patchrefinenet.engine import (Engine, Family, Recipe, StepOutput, full_prec
                                    refuse_changes, refuse_overwrite, remove_leftovers, setting_changes)
 from patchrefinenet.models import BASE_MODELS, build_base_model, init_imagenet_backbone
 from patchrefinenet.rloss import REGULARIZERS, RegularizedLoss, default_weight, partial_cross_entropy
-from patchrefinenet.seg.config import SUPERVISION_MODES, SegTrainConfig
+from patchrefinenet.seg.config import RUN_FIELDS, SUPERVISION_MODES, SegTrainConfig
 from patchrefinenet.seg.generate import checkpoint_model_kwargs, find_base_checkpoint, read_base_checkpoint
 from patchrefinenet.seg_losses import build_seg_loss
 from patchrefinenet.training import (Decision, DistInfo, cleanup_distributed, init_distributed, log_to_file,
@@ -255,14 +255,18 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def _plain_config(model_name: str, model_kwargs: dict, spec: DatasetSpec, seed: int, pretrained: bool,
-                  supervision: Supervision) -> dict[str, Any]:
+def _plain_config(cfg: SegTrainConfig, model_name: str, model_kwargs: dict, spec: DatasetSpec, seed: int,
+                  pretrained: bool, supervision: Supervision, previous: dict | None = None) -> dict[str, Any]:
     """The resolved configuration stored in every checkpoint (primitives only): ``supervision`` is
-    the mode (``"full"`` / ``"scribbles"``), ``rloss`` the weak-supervision settings (None if full)."""
+    the mode (``"full"`` / ``"scribbles"``), ``rloss`` the weak-supervision settings (None if full),
+    ``train`` the :class:`SegTrainConfig` settings given to the run (on resume added to the
+    ``previous`` ones; what a resume compares, with the recipe)."""
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in model_kwargs.items()}
+    given = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items() if v is not None}
+    train = {**(previous or {}), **given, "seed": int(seed), "model_kwargs": kwargs}
     return {"kind": "base_model", "model": model_name, "model_kwargs": kwargs, "dataset": spec.to_dict(),
             "seed": int(seed), "pretrained": bool(pretrained), "supervision": supervision.mode,
-            "rloss": supervision.to_dict() if supervision.mode == "scribbles" else None}
+            "rloss": supervision.to_dict() if supervision.mode == "scribbles" else None, "train": train}
 
 
 def _saved_supervision(config: dict) -> Supervision:
@@ -272,29 +276,31 @@ def _saved_supervision(config: dict) -> Supervision:
     return Supervision.from_dict(config["rloss"])
 
 
-def _resolve_run(spec: DatasetSpec, paths: BaseRunPaths, model_name: str, resume: bool, overrides: dict,
-                 seed: int, pretrained: bool, model_kwargs: dict, supervision: Supervision | None):
+def _resolve_run(cfg: SegTrainConfig, spec: DatasetSpec, paths: BaseRunPaths, model_name: str, model_kwargs: dict,
+                 supervision: Supervision | None):
     """The run's spec, seed, pretrained flag, model kwargs, supervision and (on resume) the resume
     checkpoint.
 
-    A resumed run keeps the settings stored in ``<model>_last.th``: ``max_epochs`` may be extended,
-    model kwargs not given are the run's, and any other setting given with another value is refused
-    (the engine's resume rule). ``supervision`` None: full masks for a new run, the stored settings
-    on resume; a different one asked for on resume is ignored with a warning.
+    A resumed run keeps the settings stored in ``<model>_last.th``: ``epochs`` may be extended,
+    settings not given are the run's, and a :data:`~patchrefinenet.seg.config.RUN_FIELDS` setting
+    (or, from Python, ``model_kwargs``) given with another value is refused, naming it (the
+    engine's resume rule). ``supervision`` None: full masks for a new run, the stored settings on
+    resume; a different one asked for on resume is ignored with a warning.
     """
-    if not resume:
-        recipe = dataclasses.replace(spec.train, **overrides)
-        spec = dataclasses.replace(spec, train=recipe)
-        return spec, seed, pretrained, model_kwargs, (supervision or Supervision()).resolved(spec), None
+    overrides = cfg.recipe_overrides()
+    if not cfg.resume:
+        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **overrides))
+        return spec, cfg.seed, cfg.pretrained, model_kwargs, (supervision or Supervision()).resolved(spec), None
     last = read_resume_file(paths, lambda path, _: read_base_checkpoint(path, model_name))
     saved = last.config
     recipe = DatasetSpec.from_dict(saved["dataset"], source=str(paths.last)).train
     saved_kwargs = dict(saved.get("model_kwargs") or {})
-    now = {k: v for k, v in overrides.items() if k != "max_epochs"}
-    changes = setting_changes(dataclasses.asdict(recipe), now)
-    changes += setting_changes({"seed": int(saved["seed"])}, {"seed": int(seed)})
-    if model_kwargs:
-        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in model_kwargs.items()}
+    # what the run used: its config (files from before it was stored: none), the recipe, the seed
+    run = {**(saved.get("train") or {}), **dataclasses.asdict(recipe), "seed": int(saved["seed"])}
+    now = {k: getattr(cfg, k) for k in RUN_FIELDS if getattr(cfg, k) is not None and k in run}
+    changes = setting_changes(run, now)
+    if cfg.model_kwargs:
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.model_kwargs.items()}
         changes += setting_changes({"model_kwargs": saved_kwargs}, {"model_kwargs": plain})
     refuse_changes(paths.last, changes)
     if "max_epochs" in overrides:
@@ -441,9 +447,8 @@ def train_base(cfg: SegTrainConfig, spec: DatasetSpec) -> dict[str, Any]:
     paths = BaseRunPaths(Path(cfg.output_root), model_name)
     refuse_overwrite(paths, cfg.resume, cfg.overwrite)
     dev = resolve_device(cfg.device)
-    spec, seed, pretrained, model_kwargs, supervision, last = _resolve_run(
-        spec, paths, model_name, cfg.resume, cfg.recipe_overrides(), cfg.seed, cfg.pretrained, model_kwargs,
-        supervision)
+    spec, seed, pretrained, model_kwargs, supervision, last = _resolve_run(cfg, spec, paths, model_name, model_kwargs,
+                                                                          supervision)
 
     # Every input is checked (data, weights to start from) before anything is written or downloaded.
     train_set = SegmentationSplit(spec, cfg.data_root, "train", augment=True, seed=seed,
@@ -459,7 +464,8 @@ def train_base(cfg: SegTrainConfig, spec: DatasetSpec) -> dict[str, Any]:
                                                                                                   paths.root)
         init = read_base_checkpoint(init_source, model_name)
         model_kwargs = model_kwargs or checkpoint_model_kwargs(init, model_name)  # e.g. a narrow ResUNet++
-    config = _plain_config(model_name, model_kwargs, spec, seed, pretrained, supervision)
+    config = _plain_config(cfg, model_name, model_kwargs, spec, seed, pretrained, supervision,
+                           None if last is None else last.config.get("train"))
     seed_everything(seed)
     model = build_base_model(model_name, **model_kwargs)
     if init_source is not None:
