@@ -522,7 +522,7 @@ def train_base_model(spec: DatasetSpec, model_name: str, *, data_root: str | os.
 
 
 def _run(family: _BaseRun, engine: Engine, info: DistInfo, init_source: Path | None, n_val: int) -> dict[str, Any]:
-    """Log the run's set-up, train the remaining epochs, return :func:`train_base_model`'s result."""
+    """Log the run's set-up, train the remaining epochs, return :func:`train_base`'s result."""
     paths, recipe, p = family.paths, family.spec.train, engine.progress
     if info.is_main:
         remove_leftovers(paths.checkpoint_dir, paths.log_dir)
