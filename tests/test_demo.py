@@ -80,21 +80,29 @@ def test_fast_demo_writes_every_artifact_with_valid_metrics(fast_demo):
 
 
 def test_weak_flag_adds_scribble_supervised_rows(fast_demo):
-    """``--weak`` on an existing demo root: scribbles, two weak base models, PRN on top, their rows in the table."""
+    """``--weak`` on an existing demo root: scribbles, the pCE model, one fine-tune per grid point, PRN on the
+    best; their rows in the table, the gap closed and the grid in their own table."""
     root, first, _ = fast_demo
     report = pipeline.main(["--fast", "--root", str(root), "--quiet", "--weak", "--stages", "report"])
     ids = [r["id"] for r in report["rows"]]
-    assert ids == ["base@0.5", "best_global", "prn", "prn_authors", "prn_global", "pce", "pce_densecrf",
-                   "prn_on_pce_densecrf", "oracle"]
-    weak = [r for r in report["rows"] if r["id"] in ("pce", "pce_densecrf")]
-    assert all(r["shift"] is None and r["control"]["pooled_iou"] >= 0 for r in weak)
+    assert ids == ["base@0.5", "best_global", "prn", "prn_authors", "prn_global", "full", "pce", "pce_densecrf",
+                   "pce_ncut", "prn_on_weak", "oracle"]
+    rows = {r["id"]: r for r in report["rows"]}
+    assert all(rows[i]["shift"] is None for i in ("full", "pce", "pce_densecrf", "pce_ncut", "prn_on_weak"))
+    # the fully-supervised row is the default run's base model at 0.5 on the same test maps
+    assert rows["full"]["control"]["pooled_iou"] == rows["base@0.5"]["control"]["pooled_iou"]
     _assert_valid_rows(report["rows"])
+    grid = report["weak"]["grid"]
+    assert [(c["reg_loss"], c["weight"]) for c in grid] == [("none", 0.0), ("densecrf", 1.0), ("ncut", 1.0)]
+    assert 0 < report["weak"]["labelled_fraction"] < 0.2
     assert any((root / "data" / "kvasir" / "seg-models" / "scribbles").glob("*.png"))
-    for name in ("pce", "crf"):
-        assert (root / f"weak-{name}" / "seg-models" / "checkpoints" / "resunetplusplus"
-                / "resunetplusplus_weights.th").is_file()
+    for name in ("pce-phase", "pce", "densecrf-w1", "ncut-w1"):
+        assert (root / "weak" / name / "checkpoints" / "resunetplusplus" / "resunetplusplus_weights.th").is_file()
+        assert (root / "weak" / name / "arrays" / "test_input.npy").is_file() or name == "pce-phase"
+    assert (root / "weak" / "prn.pt").is_file() and (root / "weak" / "grid.json").is_file()
     assert "weak" in report["timings_s"]
-    assert "Base from scribbles, pCE only" in (root / "results.md").read_text()
+    text = (root / "results.md").read_text()
+    assert "Base from scribbles, pCE only" in text and "gap closed" in text and "Weight grid" in text
 
 
 def test_same_seed_gives_identical_data(tmp_path):

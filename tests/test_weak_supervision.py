@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,6 @@ from data_utils.errors import InputError
 from data_utils.spec import dataset_spec_path, load_dataset_spec
 from patchrefinenet.checkpoint import load_checkpoint
 from patchrefinenet.cli import generate_scribbles, seg_train
-from patchrefinenet.demo.weak import WeakPaths, link_data
 from test_seg_engine import SIZE, make_tiny_deepglobe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,20 +253,22 @@ def test_cli_choices_match_the_engine():
     assert REG_LOSSES == tuple(REGULARIZERS) and SUPERVISION_MODES == ENGINE_MODES
 
 
-# --------------------------------------------------------------------------- demo helper
+# --------------------------------------------------------------------------- the Python entry point
 
-def test_weak_demo_data_root_is_a_link_to_the_real_data(tmp_path):
-    real = tmp_path / "data"
-    (real / "deepglobe" / "seg-models").mkdir(parents=True)
-    (real / "deepglobe" / "seg-models" / "train.csv").write_text("img,target\n")
-    weak = WeakPaths(tmp_path / "weak-crf", "deepglobe")
-    link = link_data(real, weak)
-    assert link.is_symlink() and (link / "train.csv").is_file()
-    assert link_data(real, weak) == link  # idempotent
-    moved = tmp_path / "moved"
-    real.rename(moved)
-    assert link_data(moved, weak).resolve() == (moved / "deepglobe" / "seg-models").resolve()
-    link.unlink()
-    link.mkdir()
-    with pytest.raises(InputError, match="is not a link"):
-        link_data(moved, weak)
+def test_draw_scribbles_records_seed_and_settings_so_callers_know_when_to_redraw(tiny, tmp_path):
+    """The demo's weak branch redraws only when the recorded seed or settings differ from what it asks for."""
+    data_root, config = tiny
+    spec = load_dataset_spec(config)
+    own = tmp_path / "data"
+    shutil.copytree(data_root, own)
+    shutil.rmtree(own / "deepglobe" / "seg-models" / "scribbles")
+    assert not generate_scribbles.scribbles_current(spec, own, seed=4)
+    result = generate_scribbles.draw_scribbles(spec, own, ["train"], seed=4, progress=False)
+    assert result["splits"] == {"train": len(read_split(spec, own, "train"))}
+    assert generate_scribbles.scribbles_current(spec, own, seed=4)
+    assert not generate_scribbles.scribbles_current(spec, own, seed=5)
+    assert not generate_scribbles.scribbles_current(spec, own, seed=4, background_strokes=2)
+    next(iter((own / "deepglobe" / "seg-models" / "scribbles").glob("*.png"))).unlink()
+    assert not generate_scribbles.scribbles_current(spec, own, seed=4)
+    with pytest.raises(InputError, match="--seed"):
+        generate_scribbles.draw_scribbles(spec, own, ["train"], seed=-1)

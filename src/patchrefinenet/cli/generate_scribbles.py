@@ -49,23 +49,22 @@ def _parser(script_file: str) -> argparse.ArgumentParser:
     return parser
 
 
-@cli_entry
-def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
-    """Parse ``argv`` and write the scribbles; returns ``{"dir", "seed", "splits": {split: n_files}, "params"}``."""
-    args = _parser(script_file).parse_args(argv)
-    setup_logging()
-    from data_utils.datasets import read_split, scribble_dir  # OpenCV/scikit-image: after parsing
+def draw_scribbles(spec, data_root: str | Path, splits: Sequence[str] = ("train",), seed: int = 0, *,
+                   progress: bool = True, **params) -> dict:
+    """Write the scribbles of ``splits`` (module docstring) and record them in ``INFO_FILE``.
+
+    ``params``: ``width``, ``margin``, ``background_strokes`` of
+    :func:`data_utils.scribbles.scribbles_from_mask`. Returns ``{"dir", "seed", "splits": {split:
+    n_files}, "params"}``. The Python entry point of this script (the demo's weak branch calls it).
+    """
+    from data_utils.datasets import read_split, scribble_dir  # OpenCV/scikit-image: only when drawing
     from data_utils.io import write_text_atomic
     from data_utils.scribbles import generate_scribbles_for_split
 
-    ds_dir = dataset_dir_from_script(script_file)
-    spec = load_dataset_spec(args.config if args.config is not None else ds_dir / "dataset.toml")
-    data_root = Path(args.data_root if args.data_root is not None else repo_root() / "data").expanduser()
-    if args.seed < 0:
-        raise InputError(f"--seed must be >= 0, got {args.seed}")
-    params = {k: v for k, v in (("width", args.width), ("margin", args.margin),
-                                ("background_strokes", args.background_strokes)) if v is not None}
-    masks = {split: [s.mask_path for s in read_split(spec, data_root, split)] for split in dict.fromkeys(args.splits)}
+    if seed < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}")
+    data_root = Path(data_root)
+    masks = {split: [s.mask_path for s in read_split(spec, data_root, split)] for split in dict.fromkeys(splits)}
     owner: dict[str, Path] = {}  # scribble file name -> mask: two masks must not share one scribble file
     for path in (p for paths in masks.values() for p in paths):
         other = owner.setdefault(path.stem, path)
@@ -77,11 +76,37 @@ def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     counts = {}
     for split, paths in masks.items():
-        written = generate_scribbles_for_split(paths, out_dir, args.seed, progress=args.progress, **params)
+        written = generate_scribbles_for_split(paths, out_dir, seed, progress=progress, **params)
         counts[split] = len(written)
-        info[split] = {"seed": args.seed, "params": params, "n_files": len(written),
+        info[split] = {"seed": seed, "params": params, "n_files": len(written),
                        "written": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_text_atomic(info_path, json.dumps(info, indent=2, sort_keys=True) + "\n")
-    result = {"dir": str(out_dir), "seed": args.seed, "splits": counts, "params": params}
+    return {"dir": str(out_dir), "seed": seed, "splits": counts, "params": params}
+
+
+def scribbles_current(spec, data_root: str | Path, seed: int, split: str = "train", **params) -> bool:
+    """True when every sample of ``split`` has a scribble drawn with ``seed`` and ``params`` (per ``INFO_FILE``)."""
+    from data_utils.datasets import read_split, scribble_dir, scribble_path
+
+    info_path = scribble_dir(spec, data_root) / INFO_FILE
+    if not info_path.is_file():
+        return False
+    entry = json.loads(info_path.read_text()).get(split, {})
+    samples = read_split(spec, data_root, split)
+    return (entry.get("seed") == seed and entry.get("params", {}) == params
+            and all(scribble_path(spec, data_root, s).is_file() for s in samples))
+
+
+@cli_entry
+def main(script_file: str, argv: Sequence[str] | None = None) -> dict:
+    """Parse ``argv`` and write the scribbles; returns :func:`draw_scribbles`' result."""
+    args = _parser(script_file).parse_args(argv)
+    setup_logging()
+    ds_dir = dataset_dir_from_script(script_file)
+    spec = load_dataset_spec(args.config if args.config is not None else ds_dir / "dataset.toml")
+    data_root = Path(args.data_root if args.data_root is not None else repo_root() / "data").expanduser()
+    params = {k: v for k, v in (("width", args.width), ("margin", args.margin),
+                                ("background_strokes", args.background_strokes)) if v is not None}
+    result = draw_scribbles(spec, data_root, args.splits, args.seed, progress=args.progress, **params)
     print(json.dumps(result, indent=2))
     return result

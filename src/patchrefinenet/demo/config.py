@@ -10,7 +10,6 @@ from pathlib import Path
 
 from data_utils import layout
 from data_utils.spec import DatasetSpec, dataset_spec_path, load_dataset_spec
-from patchrefinenet.cli.common import repo_root
 
 SCENARIOS = ("shift", "control")
 
@@ -45,6 +44,12 @@ class DemoConfig:
     prn_residual: bool = True      # PRN heads correct the base logit (see PRNConfig.residual)
     select: float = 0.2            # share of each PRN's labelled maps held out for selection and the guard
     margin: float = 0.005
+    # --weak (rloss): the regularised phase's epochs, regularisers, weight grid (chosen on val) and kernel
+    weak_epochs: int = 3
+    weak_losses: tuple[str, ...] = ("densecrf", "ncut")
+    weak_weights: tuple[float, ...] = (0.5, 2.0, 8.0)
+    weak_sigma_xy: float | None = None     # pixels of the 128-px input; None: rloss's 100 px at 512, scaled
+    weak_sigma_rgb: float = 15.0
     seed: int = 0
     device: str = "auto"
 
@@ -52,7 +57,8 @@ class DemoConfig:
     def fast(cls, **overrides) -> "DemoConfig":
         """A tiny configuration that runs end to end in about a minute (used by the tests)."""
         small = dict(n_train=24, n_val=12, n_test=8, image_size=64, input_size=64, base_model="resunetplusplus",
-                     base_width=4, base_epochs=2, base_batch_size=4, patch_size=16, prn_width=4, prn_epochs=2)
+                     base_width=4, base_epochs=2, base_batch_size=4, patch_size=16, prn_width=4, prn_epochs=2,
+                     weak_epochs=1, weak_weights=(1.0,))
         return cls(**{**small, **overrides})
 
     @classmethod
@@ -88,20 +94,12 @@ class DemoPaths:
     def seg_root(self) -> Path:
         return self.root / layout.SEG_MODELS
 
-    @property
-    def refine_root(self) -> Path:
-        return self.root / layout.REFINE_MODELS
-
     def arrays(self, model: str, scenario: str = "control") -> Path:
         """``<data root>/<ds>/refine-models/<model>``: the base model's probability maps of a scenario."""
         return layout.refine_arrays_dir(self.deploy_root if scenario == "shift" else self.data_root, self.dataset, model)
 
     def refiner(self, scenario: str) -> Path:
         return self.root / f"prn-{scenario}.pt"
-
-    def script(self, side: str, name: str) -> str:
-        """The per-dataset script a user would run; the CLI implementation derives the dataset from it."""
-        return str(repo_root() / "src" / self.dataset / f"{side}-models" / name)
 
 
 def demo_spec(cfg: DemoConfig, dataset: str) -> DatasetSpec:
@@ -120,30 +118,3 @@ def base_model_kwargs(cfg: DemoConfig) -> dict | None:
         w = cfg.base_width
         return {"filters": [w, 2 * w, 4 * w, 8 * w, 16 * w]}
     return None
-
-
-# --------------------------------------------------------------------------- the weak branch's script flags
-
-
-def script_args(paths: DemoPaths, side: str, progress: bool, config: Path | None = None) -> list[str]:
-    """The flags every seg-/refine-models script gets in the demo: config, roots, CPU, progress bars."""
-    root = paths.seg_root if side == "seg" else paths.refine_root
-    return ["--config", str(config or paths.config), "--data_root", str(paths.data_root), "--output_root", str(root),
-            "--device", "cpu", "--progress", str(progress)]
-
-
-def prn_train_args(cfg: DemoConfig) -> list[str]:
-    """``refine-models/train.py`` flags of the demo's PRNs (width, epochs, lr, residual heads, seed)."""
-    return ["--width", str(cfg.prn_width), "--epochs", str(cfg.prn_epochs), "--lr", str(cfg.prn_lr),
-            "--residual", str(cfg.prn_residual), "--seed", str(cfg.seed)]
-
-
-PRN_PREDICT_ARGS = ["--checkpoint", "True", "--figure", "0"]
-
-
-def patch_size_for(aux: str, input_size: int) -> int:
-    """Pixel side of the pseudo-label patches of ``pN`` at the demo's input size (p0: whole image)."""
-    n = int(aux[1:])
-    if n == 0:
-        return input_size
-    return input_size // int(round(n ** 0.5))

@@ -1,98 +1,61 @@
-"""The demo's weakly-supervised branch: base models trained from scribbles (rloss), then PRN on top.
+"""The demo's weakly-supervised branch (rloss): base models trained from scribbles, then PRN on the best.
 
-On the dataset the pipeline's ``data`` stage wrote, :func:`run_weak`
+On the demo's training distribution (the ``data`` stage's train / val / test splits), :func:`run_weak`
 
-1. draws scribbles for the train split (``generate_scribbles.py``; a few % of the pixels labelled);
-2. trains the base model from them twice with ``train.py --supervision scribbles`` — partial
-   cross-entropy alone, and pCE + the DenseCRF loss (docs/rloss.md §L1.3–§L1.4) — with the demo's sizes,
-   epochs and seed; validation (model selection, early stopping) uses the full val masks, as rloss;
-3. for each, writes the base probability maps and scores them (``generate_aux_training_data.py``,
-   ``calculate_base_iou.py``), and for the DenseCRF base also makes p64 pseudo-labels and trains
-   and evaluates PRN p64 (``generate_rst.py``, ``refine-models/{train,predict}.py``).
+1. draws scribbles for the train split (:func:`~patchrefinenet.cli.generate_scribbles.draw_scribbles`:
+   a stroke along each object and a few background strokes, about 3 % of the pixels labelled);
+2. trains the demo's base model from them with partial cross-entropy alone (the pCE phase of
+   rloss's two-phase recipe, docs/rloss.md §L1.3), ``base_epochs`` epochs;
+3. fine-tunes that model for ``weak_epochs`` epochs (fresh optimizer, the second phase) once per
+   regulariser and weight of the grid ``weak_losses`` × ``weak_weights``, and once with weight 0
+   — pCE alone for the same extra epochs, so every row has had the same training;
+4. keeps, per regulariser, the weight with the best pooled IoU on the val split (full val masks,
+   as rloss selects its models), the same rule for every loss;
+5. scores each kept model on the test split at threshold 0.5, next to the fully-supervised base
+   model of the default run (``full``), with the share of the pCE → full gap each closes;
+6. fits a refiner (:meth:`patchrefinenet.Refiner.fit`, the demo's PRN settings, held-out selection
+   and guard) on the val maps of the best weakly-supervised base and scores it on the same test maps.
 
-Every step is the command a user runs. Each variant lives in ``<demo root>/weak-<name>/``:
-``seg-models/`` and ``refine-models/`` (checkpoints, logs) and ``data/``, whose
-``<ds>/seg-models`` is a symbolic link to the demo's real data folder (images, masks, splits,
-scribbles), so the variant's arrays land in its own ``data/<ds>/refine-models/<model>/`` without
-copying the images (symlinks: Linux and macOS; on Windows they need developer mode).
-PRN is still trained on RST pseudo-labels computed from the *full val masks* — only the base model
-is weakly supervised.
+Everything lives under ``<demo root>/weak/``: one folder per trained model (``seg-models`` layout:
+checkpoints, logs, history) with its probability maps in ``arrays/``, ``prn.pt`` and
+``grid.json`` (every candidate's val and test scores). Work whose outputs exist is skipped.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from data_utils import layout
 from data_utils.arrays import open_maps
-from data_utils.datasets import read_split, scribble_dir, scribble_path
+from data_utils.datasets import read_split, scribble_path
 from data_utils.errors import InputError
+from data_utils.io import write_text_atomic
 from data_utils.scribbles import UNLABELLED, read_scribble
 from data_utils.spec import load_dataset_spec
-from patchrefinenet.cli import (calculate_base_iou, generate_aux, generate_rst, generate_scribbles, refine_predict,
-                                refine_train, seg_train)
-from patchrefinenet.demo.config import PRN_PREDICT_ARGS, DemoPaths, patch_size_for, prn_train_args, script_args
+from patchrefinenet.cli.generate_scribbles import draw_scribbles, scribbles_current
+from patchrefinenet.demo.config import DemoConfig, DemoPaths, base_model_kwargs
 from patchrefinenet.metrics import SegmentationMeter
 
 log = logging.getLogger("patchrefinenet")
 
-PRN_GRID = "p64"
 METRICS = ("pooled_iou", "mean_iou", "dice")
+LABELS = {"densecrf": "DenseCRF loss", "ncut": "normalised cut"}
 
 
-@dataclass(frozen=True)
-class WeakVariant:
-    """One scribble-supervised base model: its folder name, table label and ``train.py`` flags."""
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One scribble-supervised model: its folder name, regulariser (``none`` for pCE) and weight."""
 
-    name: str
-    row_id: str
-    label: str
-    train_flags: tuple[str, ...]
-    with_prn: bool = False
+    reg_loss: str
+    weight: float
 
-
-VARIANTS = (
-    WeakVariant("pce", "pce", "Base from scribbles, pCE only", ("--supervision", "scribbles", "--reg_loss", "none")),
-    WeakVariant("crf", "pce_densecrf", "Base from scribbles, pCE + DenseCRF loss",
-                ("--supervision", "scribbles", "--reg_loss", "densecrf"), with_prn=True),
-)
-
-
-# A weak variant's folder has the same shape as the demo root: ``<root>/weak-<name>/{data,seg-models,refine-models}``.
-WeakPaths = DemoPaths
-
-
-def link_data(source_data_root: Path, weak: WeakPaths) -> Path:
-    """Make ``<weak data root>/<ds>/seg-models`` a symbolic link to the demo's real data folder."""
-    target = layout.seg_models_dir(source_data_root, weak.dataset).resolve()
-    link = layout.seg_models_dir(weak.data_root, weak.dataset)
-    if link.is_symlink():
-        if link.resolve() == target:
-            return link
-        link.unlink()  # the demo root moved: point at the current data
-    elif link.exists():
-        raise InputError(f"{link} exists and is not a link to {target}; remove it (it belongs to the demo's weak runs)")
-    link.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        link.symlink_to(target, target_is_directory=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the symbolic link {link} -> {target} ({exc}); the weak-supervision demo "
-                         f"needs symlinks (on Windows: enable developer mode)") from None
-    return link
-
-
-def _scribbles_current(spec, data_root: Path, seed: int) -> bool:
-    """True when every train sample has a scribble drawn with ``seed`` (per generate_scribbles.json)."""
-    info_path = scribble_dir(spec, data_root) / generate_scribbles.INFO_FILE
-    if not info_path.is_file():
-        return False
-    train = json.loads(info_path.read_text()).get("train", {})
-    samples = read_split(spec, data_root, "train")
-    return train.get("seed") == seed and all(scribble_path(spec, data_root, s).is_file() for s in samples)
+    @property
+    def name(self) -> str:
+        return "pce" if self.reg_loss == "none" else f"{self.reg_loss}-w{self.weight:g}"
 
 
 def labelled_fraction(spec, data_root: Path) -> float:
@@ -105,69 +68,139 @@ def labelled_fraction(spec, data_root: Path) -> float:
     return labelled / max(total, 1)
 
 
-def _score_arrays(arrays: Path) -> dict:
-    """Metrics of the base test probabilities at 0.5 (the demo table's definition), streamed in chunks."""
-    prob_path, gt_path = layout.array_paths(arrays, "test")
-    prob = open_maps(prob_path, "weak base test probabilities")
-    gt = open_maps(gt_path, "test ground truth")
+def _scores(arrays: Path, split: str) -> dict[str, float]:
+    """Metrics of the base probabilities of ``split`` in ``arrays`` at threshold 0.5, streamed in chunks."""
+    prob_path, gt_path = layout.array_paths(arrays, split)
+    prob = open_maps(prob_path, f"weak base {split} probabilities")
+    gt = open_maps(gt_path, f"{split} ground truth")
     meter = SegmentationMeter()
     for lo in range(0, len(prob), 16):
-        meter.update(np.asarray(prob[lo:lo + 16]), np.asarray(gt[lo:lo + 16]))
-    return meter.compute()
+        meter.update((np.asarray(prob[lo:lo + 16]) > 0.5).astype(np.float32), np.asarray(gt[lo:lo + 16]))
+    return {k: float(v) for k, v in meter.compute().items() if k in METRICS}
 
 
-def run_weak(cfg, paths, *, force: bool = False, progress: bool = True) -> list[dict]:
-    """Run the weak-supervision branch on the demo dataset; returns the table rows.
+class _WeakRun:
+    """Trains and scores the candidates of one demo root (see the module docstring)."""
 
-    ``cfg``/``paths`` are the pipeline's ``DemoConfig``/``DemoPaths`` (the ``data`` stage must have
-    run and ``paths.config`` exist). Work whose outputs exist is skipped unless ``force``.
-    Rows: ``{"method", "pooled_iou", "mean_iou", "dice", "note"}`` on the test split, for the pCE-only
-    base, the pCE + DenseCRF base and PRN p64 on the latter.
+    def __init__(self, cfg: DemoConfig, paths: DemoPaths, force: bool, progress: bool):
+        self.cfg, self.paths, self.force, self.progress = cfg, paths, force, progress
+        self.spec = load_dataset_spec(paths.config)
+        self.root = paths.root / "weak"
+
+    def folder(self, candidate: Candidate | str) -> Path:
+        return self.root / (candidate if isinstance(candidate, str) else candidate.name)
+
+    def weights(self, name: str) -> Path:
+        return layout.RunFolders(self.folder(name), self.cfg.base_model).weights
+
+    def train(self, name: str, supervision, **kw) -> None:
+        from patchrefinenet.seg.train import train_base_model
+
+        if self.weights(name).is_file() and not self.force:
+            log.info("demo (weak): %s already trained (%s)", name, self.weights(name))
+            return
+        cfg = self.cfg
+        train_base_model(self.spec, cfg.base_model, data_root=self.paths.data_root, output_root=self.folder(name),
+                         seed=cfg.seed, device=cfg.device, pretrained=False, model_kwargs=base_model_kwargs(cfg),
+                         supervision=supervision, progress=self.progress, overwrite=True, **kw)
+
+    def arrays(self, name: str) -> Path:
+        """The model's val and test probability maps (written once), in the layout's file names."""
+        from patchrefinenet.seg.generate import generate_aux_arrays
+
+        out = self.folder(name) / "arrays"
+        if self.force or not all(p.is_file() for split in ("val", "test") for p in layout.array_paths(out, split)):
+            generate_aux_arrays(self.spec, self.cfg.base_model, data_root=self.paths.data_root,
+                                checkpoint=self.weights(name), device=self.cfg.device, progress=self.progress,
+                                out_dir=out)
+        return out
+
+    def candidate(self, candidate: Candidate) -> dict:
+        """Fine-tune the pCE model with ``candidate``'s objective; its val and test scores."""
+        from patchrefinenet.seg.train import Supervision
+
+        cfg = self.cfg
+        supervision = Supervision("scribbles", reg_loss=candidate.reg_loss, reg_weight=candidate.weight,
+                                  sigma_xy=cfg.weak_sigma_xy, sigma_rgb=cfg.weak_sigma_rgb)
+        self.train(candidate.name, supervision, init_weights=self.weights("pce-phase"), epochs=cfg.weak_epochs)
+        arrays = self.arrays(candidate.name)
+        return {"name": candidate.name, "reg_loss": candidate.reg_loss, "weight": candidate.weight,
+                "val": _scores(arrays, "val"), "test": _scores(arrays, "test"), "arrays": str(arrays)}
+
+    def prn(self, arrays: Path) -> dict[str, float]:
+        """A refiner fitted on ``arrays``' val maps with the demo's settings, scored on its test maps."""
+        from patchrefinenet.refiner import Refiner
+
+        cfg, target = self.cfg, self.root / "prn.pt"
+        val_prob, val_gt = (open_maps(p, "weak val maps") for p in layout.array_paths(arrays, "val"))
+        test_prob, test_gt = (np.asarray(open_maps(p, "weak test maps")) for p in layout.array_paths(arrays, "test"))
+        if self.force or not target.is_file():
+            refiner = Refiner.fit(val_prob, val_gt, patch_size=cfg.patch_size, select=cfg.select, margin=cfg.margin,
+                                  width=cfg.prn_width, epochs=cfg.prn_epochs, lr=cfg.prn_lr,
+                                  residual=cfg.prn_residual, seed=cfg.seed, device=cfg.device,
+                                  progress=self.progress)
+            refiner.save(target, overwrite=True)  # the demo's own file under its root
+        refiner = Refiner.load(target, device="cpu")
+        out = refiner.refine(test_prob, thresholds=False)
+        meter = SegmentationMeter()
+        meter.update(np.asarray(out.mask, dtype=np.float32), test_gt)
+        scores = {k: float(v) for k, v in meter.compute().items() if k in METRICS}
+        fell_back = refiner.selection is not None and refiner.selection.fell_back
+        return {**scores, "note": f"rule {refiner.rule.name}" + (" (guard: base map at its best global threshold)"
+                                                                  if fell_back else "")}
+
+
+def run_weak(cfg: DemoConfig, paths: DemoPaths, *, force: bool = False, progress: bool = True) -> dict:
+    """Run the weak-supervision branch on the demo dataset (module docstring).
+
+    ``cfg``/``paths`` are the pipeline's; its ``data`` and ``arrays`` stages must have run (the
+    ``full`` row is the default run's base model). Returns ``{"rows", "grid", "labelled_fraction"}``:
+    rows with ids ``full``, ``pce``, ``pce_<loss>`` and ``prn_on_weak`` (test split, threshold 0.5,
+    ``gap_closed`` = share of the pCE → full gap), and every grid candidate's val/test scores.
     """
-    if not paths.config.is_file() or not layout.seg_models_dir(paths.data_root, paths.dataset).is_dir():
-        raise InputError(f"the weak-supervision demo needs the demo dataset under {paths.data_root} and its config "
-                         f"{paths.config}; run the data stage first (python demo.py --stages data)")
-    spec = load_dataset_spec(paths.config)
-    if force or not _scribbles_current(spec, paths.data_root, cfg.seed):
-        generate_scribbles.main(paths.script("seg", "generate_scribbles.py"),
-                                ["--config", str(paths.config), "--data_root", str(paths.data_root),
-                                 "--seed", str(cfg.seed), "--splits", "train", "--progress", str(progress)])
-    fraction = labelled_fraction(spec, paths.data_root)
+    from patchrefinenet.seg.train import Supervision
+
+    full_arrays = paths.arrays(cfg.base_model, "control")
+    if not paths.config.is_file() or not layout.array_paths(full_arrays, "test")[0].is_file():
+        raise InputError(f"the weak-supervision demo needs a finished default run under {paths.root} (its dataset, "
+                         f"config and base maps); run python demo.py first, then python demo.py --weak --stages report")
+    run = _WeakRun(cfg, paths, force, progress)
+    if force or not scribbles_current(run.spec, paths.data_root, cfg.seed):
+        draw_scribbles(run.spec, paths.data_root, ["train"], cfg.seed, progress=progress)
+    fraction = labelled_fraction(run.spec, paths.data_root)
     log.info("demo (weak): %.2f%% of the train pixels carry a scribble label", 100 * fraction)
 
-    rows = []
-    model = cfg.base_model
-    for variant in VARIANTS:
-        weak = WeakPaths(paths.root / f"weak-{variant.name}", paths.dataset)
-        link_data(paths.data_root, weak)
-        seg = ["--model", model, *script_args(weak, "seg", progress, config=paths.config)]
-        weights = layout.RunFolders(weak.seg_root, model).weights
-        if force or not weights.is_file():
-            width = ["--model_width", str(cfg.base_width)] if model == "resunetplusplus" else []
-            seg_train.main(paths.script("seg", "train.py"),
-                           [*seg, *variant.train_flags, "--no-pretrained", "--seed", str(cfg.seed), *width])
-        arrays = weak.arrays(model)
-        if force or not all(p.is_file() for split in ("val", "test") for p in layout.array_paths(arrays, split)):
-            generate_aux.main(paths.script("seg", "generate_aux_training_data.py"), seg)
-        calculate_base_iou.main(paths.script("seg", "calculate_base_iou.py"), seg)
-        note = f"{100 * fraction:.1f}% of train pixels labelled; model selected on the full val masks"
-        rows.append({"id": variant.row_id, "method": variant.label,
-                     **{k: float(v) for k, v in _score_arrays(arrays).items() if k in METRICS}, "note": note})
-        if not variant.with_prn:
-            continue
-        generate_rst.main(paths.script("seg", "generate_rst.py"),
-                          [*seg, "--patch_size", str(patch_size_for(PRN_GRID, cfg.input_size))])
-        refine = ["--base_model", model, "--aux_model", PRN_GRID,
-                  *script_args(weak, "refine", progress, config=paths.config)]
-        prn_weights = layout.RunFolders(weak.refine_root, PRN_GRID).weights
-        if force or not prn_weights.is_file():
-            refine_train.main(paths.script("refine", "train.py"), [*refine, *prn_train_args(cfg)])
-        result = refine_predict.main(paths.script("refine", "predict.py"),
-                                     [*refine, *PRN_PREDICT_ARGS])
-        rows.append({"id": "prn_on_pce_densecrf", "method": f"PRN {PRN_GRID} on the pCE + DenseCRF base",
-                     **{k: float(result["refined"][k]) for k in METRICS},
-                     "note": "PRN trained on RST pseudo-labels from the full val masks"})
+    # phase 1: pCE alone; phase 2: every candidate fine-tunes from its best weights for weak_epochs
+    run.train("pce-phase", Supervision("scribbles", reg_loss="none"))
+    grid = [run.candidate(Candidate("none", 0.0))]
+    for loss in cfg.weak_losses:
+        grid += [run.candidate(Candidate(loss, float(w))) for w in cfg.weak_weights]
+    write_text_atomic(run.root / "grid.json", json.dumps(grid, indent=2) + "\n")
+
+    full = _scores(full_arrays, "test")
+    pce = grid[0]
+    note = f"{100 * fraction:.1f} % of train pixels labelled; {cfg.base_epochs} epochs pCE + {cfg.weak_epochs} more"
+    rows = [{"id": "full", "method": "Base from full masks (the default run's)", **full,
+             "note": "trained on every train mask"},
+            {"id": "pce", "method": "Base from scribbles, pCE only", **pce["test"], "note": note + " (pCE)"}]
+    best = pce
+    for loss in cfg.weak_losses:
+        tried = [c for c in grid if c["reg_loss"] == loss]
+        chosen = max(tried, key=lambda c: c["val"]["pooled_iou"])
+        weights = ", ".join(f"{c['weight']:g}: {c['val']['pooled_iou']:.4f}" for c in tried)
+        rows.append({"id": f"pce_{loss}", "method": f"Base from scribbles, pCE + {LABELS.get(loss, loss)}",
+                     **chosen["test"], "weight": chosen["weight"],
+                     "note": f"{note} with weight {chosen['weight']:g}, chosen on val (val pooled IoU by weight: "
+                             f"{weights})"})
+        if chosen["val"]["pooled_iou"] > best["val"]["pooled_iou"]:
+            best = chosen
+    for row in rows[1:]:
+        gap = full["pooled_iou"] - pce["test"]["pooled_iou"]
+        row["gap_closed"] = (row["pooled_iou"] - pce["test"]["pooled_iou"]) / gap if gap > 0 else None
+    prn = run.prn(Path(best["arrays"]))
+    rows.append({"id": "prn_on_weak", "method": f"PRN on the best weak base ({best['name']}, by val IoU)",
+                 **{k: prn[k] for k in METRICS}, "note": prn["note"] + "; fitted on the val maps with their full masks"})
     for row in rows:
-        log.info("demo (weak): %-45s pooled IoU %.4f  mean IoU %.4f  Dice %.4f", row["method"], row["pooled_iou"],
+        log.info("demo (weak): %-55s pooled IoU %.4f  mean IoU %.4f  Dice %.4f", row["method"], row["pooled_iou"],
                  row["mean_iou"], row["dice"])
-    return rows
+    return {"rows": rows, "grid": grid, "labelled_fraction": fraction}

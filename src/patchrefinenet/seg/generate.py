@@ -188,7 +188,8 @@ def generate_aux_arrays(spec: DatasetSpec, model_name: str, *, data_root: str | 
                         checkpoint: str | os.PathLike | None = None,
                         output_root: str | os.PathLike | None = None, device: str | torch.device = "auto",
                         splits: Sequence[str] = ("val", "test"), batch_size: int = 4, num_workers: int = 0,
-                        progress: bool = True, compile: bool = False) -> dict[str, dict]:
+                        progress: bool = True, compile: bool = False,
+                        out_dir: str | os.PathLike | None = None) -> dict[str, dict]:
     """Write the base model's probabilities and the ground truth for PRN (docs/authors-seg.md §S5.1).
 
     For each split in ``splits``: val → ``val_pred.npy`` + ``val_orig_gt.npy``, test →
@@ -196,7 +197,8 @@ def generate_aux_arrays(spec: DatasetSpec, model_name: str, *, data_root: str | 
     each N×P×P×1 float32 in CSV row order (predictions in [0, 1], ground truth in {0, 1};
     DUTS: 256-px predictions replicated 2×2 to 512, docs/authors-seg.md §S5.1). ``checkpoint`` defaults to
     :func:`find_base_checkpoint` under ``output_root``. Returns per split the image count and
-    the two paths. ``compile``: run the model through ``torch.compile`` (opt-in).
+    the two paths. ``compile``: run the model through ``torch.compile`` (opt-in). ``out_dir``
+    replaces the layout's folder (e.g. several models of one name, as in the demo's weak branch).
     """
     bad = [s for s in splits if s not in ARRAY_NAMES]
     if bad or not splits:
@@ -213,7 +215,7 @@ def generate_aux_arrays(spec: DatasetSpec, model_name: str, *, data_root: str | 
     model = load_base_model(spec, model_name, checkpoint, dev, output_root=output_root)
     if compile:
         model = torch.compile(model)
-    out_dir = refine_arrays_dir(spec, data_root, model_name)
+    out_dir = refine_arrays_dir(spec, data_root, model_name) if out_dir is None else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in remove_stale_temporaries(out_dir):
         log.info("removed %s (left by a run that was killed)", path)
