@@ -204,6 +204,26 @@ def test_partial_cross_entropy_by_hand():
     assert partial_cross_entropy(three, torch.tensor([[[2, 255]]])).item() == pytest.approx(-math.log(0.5), rel=1e-6)
 
 
+def test_class_balanced_partial_cross_entropy_averages_the_per_class_means():
+    """Three background pixels and one foreground pixel: balanced weighs the two classes alike."""
+    prob = torch.tensor([[[[0.9, 0.6], [0.3, 0.2]]]])
+    scribble = torch.tensor([[[1, 0], [0, 0]]])
+    background = -(math.log(0.4) + math.log(0.7) + math.log(0.8)) / 3
+    balanced = partial_cross_entropy(prob, scribble, class_balanced=True).item()
+    assert balanced == pytest.approx((-math.log(0.9) + background) / 2, rel=1e-6)
+    assert partial_cross_entropy(prob, scribble).item() == pytest.approx((-math.log(0.9) + 3 * background) / 4, rel=1e-6)
+    # one class labelled: its mean, as the plain loss; none labelled: 0 with a zero gradient
+    only_fg = torch.tensor([[[1, 255], [255, 1]]])
+    assert partial_cross_entropy(prob, only_fg, class_balanced=True).item() == pytest.approx(
+        partial_cross_entropy(prob, only_fg).item(), rel=1e-6)
+    leaf = prob.clone().requires_grad_()
+    value = partial_cross_entropy(leaf, torch.full((1, 2, 2), 255), class_balanced=True)
+    value.backward()
+    assert value.item() == 0.0 and leaf.grad.abs().max() == 0
+    combined = RegularizedLoss("none", class_balanced=True)(prob, scribble, None)
+    assert combined["pce"].item() == pytest.approx(balanced, rel=1e-6)
+
+
 def test_partial_cross_entropy_without_labels_is_zero_with_finite_gradient():
     prob = torch.rand(2, 1, 4, 4, requires_grad=True)
     value = partial_cross_entropy(prob, torch.full((2, 4, 4), 255))

@@ -121,7 +121,8 @@ class _WeakRun:
 
         cfg = self.cfg
         supervision = Supervision("scribbles", reg_loss=candidate.reg_loss, reg_weight=candidate.weight,
-                                  sigma_xy=cfg.weak_sigma_xy, sigma_rgb=cfg.weak_sigma_rgb)
+                                  sigma_xy=cfg.weak_sigma_xy, sigma_rgb=cfg.weak_sigma_rgb,
+                                  balanced_pce=cfg.weak_balanced_pce)
         self.train(candidate.name, supervision, init_weights=self.weights("pce-phase"), epochs=cfg.weak_epochs)
         arrays = self.arrays(candidate.name)
         return {"name": candidate.name, "reg_loss": candidate.reg_loss, "weight": candidate.weight,
@@ -171,7 +172,7 @@ def run_weak(cfg: DemoConfig, paths: DemoPaths, *, force: bool = False, progress
     log.info("demo (weak): %.2f%% of the train pixels carry a scribble label", 100 * fraction)
 
     # phase 1: pCE alone; phase 2: every candidate fine-tunes from its best weights for weak_epochs
-    run.train("pce-phase", Supervision("scribbles", reg_loss="none"))
+    run.train("pce-phase", Supervision("scribbles", reg_loss="none", balanced_pce=cfg.weak_balanced_pce))
     grid = [run.candidate(Candidate("none", 0.0))]
     for loss in cfg.weak_losses:
         grid += [run.candidate(Candidate(loss, float(w))) for w in cfg.weak_weights]

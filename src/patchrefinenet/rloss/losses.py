@@ -264,13 +264,16 @@ def default_weight(name: str, mode: str = "normalized") -> float:
 
 
 def partial_cross_entropy(prob: Tensor, scribble: Tensor, *, ignore_index: int = 255,
-                          batch_average: bool = False, eps: float = 1e-7) -> Tensor:
+                          batch_average: bool = False, class_balanced: bool = False, eps: float = 1e-7) -> Tensor:
     """Cross-entropy on labelled pixels only, from probabilities.
 
     ``prob``: (B, K, H, W) class probabilities or a (B, 1, H, W) / (B, H, W) foreground map;
     ``scribble``: (B, H, W) integer labels in [0, K) (binary: {0, 1}) with ``ignore_index`` for
     unlabelled pixels. Mean over the labelled pixels of the whole batch; 0 (with a graph) when
     none are labelled. ``batch_average=True`` divides once more by B, as rloss does.
+    ``class_balanced=True`` (not in rloss, docs/rloss.md §L6.1) averages the per-class means over
+    the classes labelled in the batch, so a class with few scribbled pixels weighs as much as one
+    with many.
     """
     prob = as_class_probabilities(prob)
     B, K, H, W = prob.shape
@@ -289,7 +292,13 @@ def partial_cross_entropy(prob: Tensor, scribble: Tensor, *, ignore_index: int =
         raise InputError(f"scribble holds labels {values} outside 0..{K - 1} (and {ignore_index} = unlabelled)")
     picked = prob.gather(1, labels.clamp(0, K - 1).unsqueeze(1))[:, 0]  # (B, H, W)
     nll = -torch.log(picked.clamp_min(eps)) * labelled
-    loss = nll.sum() / labelled.sum().clamp_min(1)
+    if class_balanced:
+        per_class = F.one_hot(labels.clamp(0, K - 1), K).permute(0, 3, 1, 2) * labelled.unsqueeze(1)  # (B, K, H, W)
+        counts = per_class.sum((0, 2, 3))
+        means = (nll.unsqueeze(1) * per_class).sum((0, 2, 3)) / counts.clamp_min(1)
+        loss = means.sum() / (counts > 0).sum().clamp_min(1)
+    else:
+        loss = nll.sum() / labelled.sum().clamp_min(1)
     return loss / B if batch_average else loss
 
 
@@ -300,23 +309,26 @@ class RegularizedLoss(nn.Module):
     returns ``{"loss", "pce", "reg"}`` (``reg`` unweighted). ``params`` go to the regulariser
     (e.g. ``sigma_rgb``, ``sigma_xy``, ``scale``, ``mode``, ``backend``; ``lower``/``upper`` for
     size); ``weight=None`` takes :func:`default_weight`. ``image`` is RGB in [0, 255].
+    ``class_balanced`` goes to :func:`partial_cross_entropy`.
     """
 
     def __init__(self, reg: str = "densecrf", weight: float | None = None, *, ignore_index: int = 255,
-                 batch_average: bool = False, **params):
+                 batch_average: bool = False, class_balanced: bool = False, **params):
         super().__init__()
         self.regularizer = build_regularizer(reg, **params)
         self.reg_name = reg
         self.weight = float(default_weight(reg, params.get("mode", "normalized")) if weight is None else weight)
         self.ignore_index = ignore_index
         self.batch_average = batch_average
+        self.class_balanced = class_balanced
 
     def extra_repr(self) -> str:
         return f"reg={self.reg_name!r}, weight={self.weight:g}, ignore_index={self.ignore_index}"
 
     def forward(self, prob: Tensor, scribble: Tensor, image: Tensor | None,
                 roi: Tensor | None = None) -> dict[str, Tensor]:
-        pce = partial_cross_entropy(prob, scribble, ignore_index=self.ignore_index, batch_average=self.batch_average)
+        pce = partial_cross_entropy(prob, scribble, ignore_index=self.ignore_index, batch_average=self.batch_average,
+                                    class_balanced=self.class_balanced)
         if self.weight == 0.0 or self.reg_name == "none":
             reg = pce.new_zeros(())
         else:

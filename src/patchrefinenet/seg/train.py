@@ -98,7 +98,9 @@ class Supervision:
     DenseCRF / normalised-cut kernel: ``sigma_rgb`` (colour, 0–255 units), ``sigma_xy`` (pixels
     of the network input; None → rloss's 100 px scaled by input_size / 512), computed at
     ``reg_scale`` × the input size (rloss: 0.5). ``size_bounds`` = (lower, upper) foreground area
-    fractions, required by the ``size`` loss. :meth:`resolved` fills the ``None`` defaults.
+    fractions, required by the ``size`` loss. ``balanced_pce``: average pCE per class, so sparse
+    foreground strokes weigh as much as the background ones (docs/rloss.md §L6.1; rloss: off).
+    :meth:`resolved` fills the ``None`` defaults.
     """
 
     mode: str = "full"
@@ -109,8 +111,11 @@ class Supervision:
     sigma_xy: float | None = None
     reg_scale: float = 0.5
     size_bounds: tuple[float, float] | None = None
+    balanced_pce: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.balanced_pce, bool):
+            raise InputError(f"--balanced_pce must be True or False, got {self.balanced_pce!r}")
         if self.mode not in SUPERVISION_MODES:
             raise InputError(f"--supervision {self.mode!r}: choose one of {', '.join(SUPERVISION_MODES)}")
         if self.reg_loss not in REGULARIZERS:
@@ -165,8 +170,9 @@ class Supervision:
         """One line for the logs, e.g. ``scribbles, pCE + 1 x densecrf {...}``."""
         if self.mode == "full":
             return "full masks"
-        reg = "pCE only" if self.reg_loss == "none" or self.reg_weight == 0 else \
-            f"pCE + {self.reg_weight:g} x {self.reg_loss} {self.reg_params()}"
+        pce = "class-balanced pCE" if self.balanced_pce else "pCE"
+        reg = f"{pce} only" if self.reg_loss == "none" or self.reg_weight == 0 else \
+            f"{pce} + {self.reg_weight:g} x {self.reg_loss} {self.reg_params()}"
         return f"scribbles, {reg}" + (f", pCE alone for the first {self.pce_epochs} epochs" if self.pce_epochs else "")
 
 
@@ -214,7 +220,9 @@ class ScribbleSupervision:
     """
 
     def __init__(self, settings: Supervision):
-        self.loss_fn = RegularizedLoss(settings.reg_loss, settings.reg_weight, **settings.reg_params())
+        self.loss_fn = RegularizedLoss(settings.reg_loss, settings.reg_weight, class_balanced=settings.balanced_pce,
+                                       **settings.reg_params())
+        self.balanced = settings.balanced_pce
         self.regularize = True
 
     def __call__(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
@@ -225,7 +233,7 @@ class ScribbleSupervision:
                 out = self.loss_fn(p, batch["scribble"], batch["rgb"], batch.get("roi"))
                 loss, pce, reg = out["loss"], out["pce"], out["reg"]
             else:
-                pce = partial_cross_entropy(p, batch["scribble"])
+                pce = partial_cross_entropy(p, batch["scribble"], class_balanced=self.balanced)
                 loss, reg = pce, pce.new_zeros(())
             return StepOutput(loss + aux.float(), prob, {"pce": pce, "reg": reg})
 
