@@ -47,7 +47,7 @@ class DemoConfig:
     # --weak (rloss): the regularised phase's epochs, regularisers, weight grid (chosen on val) and kernel
     weak_epochs: int = 3
     weak_losses: tuple[str, ...] = ("densecrf", "ncut")
-    weak_weights: tuple[float, ...] = (0.5, 2.0, 8.0)
+    weak_weights: tuple[float, ...] = (0.3, 1.0, 3.0)
     weak_sigma_xy: float | None = None     # pixels of the 128-px input; None: rloss's 100 px at 512, scaled
     weak_sigma_rgb: float = 15.0
     weak_balanced_pce: bool = True         # per-class pCE means (docs/rloss.md §L6.1); rloss: plain pCE
