@@ -11,7 +11,7 @@ import pytest
 
 from data_utils.errors import InputError
 from patchrefinenet.cli import seg_train
-from patchrefinenet.seg.config import SegTrainConfig
+from patchrefinenet.seg.config import SCRIBBLE_FIELDS, SegTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "src" / "deepglobe" / "seg-models" / "train.py")
@@ -76,3 +76,16 @@ def test_resume_through_the_script_refuses_a_changed_run_setting_by_name(tmp_pat
         assert info.value.code == 2 and needle in capsys.readouterr().err
     resumed = seg_train.main(SCRIPT, [*common, "--resume", "--epochs", "2", "--model_width", "4", "--batch_size", "2"])
     assert resumed["epochs_run"] == 2
+
+
+def test_every_scribble_setting_is_a_supervision_field_and_reaches_the_objective():
+    """One field per setting: what the command line gives for scribbles is what the objective trains with."""
+    import dataclasses
+
+    from patchrefinenet.seg.train import ScribbleSupervision, Supervision
+
+    assert set(SCRIBBLE_FIELDS) == {f.name for f in dataclasses.fields(Supervision)} - {"mode"}
+    cfg = SegTrainConfig(data_root="d", output_root="o", supervision="scribbles", balanced_pce=True, reg_loss="none")
+    settings = Supervision(**cfg.supervision_settings())
+    assert settings.balanced_pce and ScribbleSupervision(settings).loss_fn.class_balanced
+    assert not Supervision("scribbles").balanced_pce  # rloss's plain pCE unless asked

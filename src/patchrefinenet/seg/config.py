@@ -19,7 +19,8 @@ SUPERVISION_MODES = ("full", "scribbles")
 #: ``--reg_loss`` choices (= the keys of patchrefinenet.rloss.REGULARIZERS; a test keeps them equal).
 REG_LOSSES = ("densecrf", "ncut", "size", "none")
 #: The fields that describe scribble supervision (given only with ``supervision="scribbles"``).
-SCRIBBLE_FIELDS = ("reg_loss", "reg_weight", "pce_epochs", "sigma_rgb", "sigma_xy", "reg_scale", "size_bounds")
+SCRIBBLE_FIELDS = ("reg_loss", "reg_weight", "pce_epochs", "sigma_rgb", "sigma_xy", "reg_scale", "size_bounds",
+                   "balanced_pce")
 
 
 def _f(default: Any, help: str, run: bool = False, **cli: Any) -> Any:
@@ -77,6 +78,9 @@ class SegTrainConfig:
     reg_scale: float | None = _f(None, "the regulariser runs at this fraction of the input size", shown="0.5, rloss")
     size_bounds: tuple[float, float] | None = _f(None, "--reg_loss size: foreground area bounds as fractions of "
                                                        "the image", nargs=2, metavar=("LOWER", "UPPER"))
+    balanced_pce: bool | None = _f(None, "average the pCE per class, so sparse foreground strokes weigh as much as "
+                                         "the background ones (not in rloss; docs/rloss.md §L6.1)",
+                                   shown="False, rloss's plain pCE")
     model_kwargs: dict | None = _f(None, "constructor arguments of the model (Python API only; --model_width on "
                                          "the command line)")
 
