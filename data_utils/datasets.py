@@ -138,24 +138,24 @@ def _check_complete_jpeg(path: Path, what: str) -> None:
                          f"the file again, or remove it from the split CSV")
 
 
+def _read(path: Path, flag: int, what: str) -> np.ndarray:
+    """``cv2.imread`` with ``flag``; unreadable or truncated files raise :class:`InputError` naming ``what``."""
+    array = cv2.imread(str(path), flag)
+    if array is None:
+        raise InputError(f"cannot read {what} {path} (missing, empty or not an image); replace the "
+                         f"file or remove it from the split CSV")
+    _check_complete_jpeg(path, what)
+    return array
+
+
 def read_image(path: Path) -> np.ndarray:
     """An H×W×3 uint8 image in OpenCV's BGR order; unreadable or truncated files raise :class:`InputError`."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError(f"cannot read image {path} (missing, empty or not an image); replace the "
-                         f"file or remove it from the split CSV")
-    _check_complete_jpeg(path, "image")
-    return image
+    return _read(path, cv2.IMREAD_COLOR, "image")
 
 
 def read_mask(path: Path) -> np.ndarray:
     """An H×W uint8 mask read as grayscale; unreadable or truncated files raise :class:`InputError`."""
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise InputError(f"cannot read mask {path} (missing, empty or not an image); replace the "
-                         f"file or remove it from the split CSV")
-    _check_complete_jpeg(path, "mask")
-    return mask
+    return _read(path, cv2.IMREAD_GRAYSCALE, "mask")
 
 
 _ZERO_ONE_MASK_DIRS: set[Path] = set()  # folders already reported as holding 0/1 masks
