@@ -122,7 +122,29 @@ def apply_augmentation(maps: list[np.ndarray], aug: Augmentation) -> list[np.nda
     return out
 
 
-class RefineDataset(Dataset):
+class EpochMaps(Dataset):
+    """Base of the engine's map datasets: ``augment``, ``seed`` and the current ``epoch``.
+
+    :meth:`set_epoch` selects an epoch's augmentation draws and :meth:`augmented` applies them
+    to an item's maps (docs/authors-refine.md §R8); subclasses set the three attributes in ``__init__``.
+    """
+
+    augment: bool
+    seed: int
+    epoch: int
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def augmented(self, maps: list[np.ndarray], index: int) -> list[np.ndarray]:
+        """``maps`` of image ``index`` as this epoch sees them: augmented if ``augment`` is on, else as given."""
+        if not self.augment:
+            return maps
+        return apply_augmentation(maps, draw_augmentation(self.seed, self.epoch, index))
+
+
+class RefineDataset(EpochMaps):
     """Items of PRN training/evaluation: ``{"input", "gt"[, "pseudo"], "index"}``.
 
     input: (1, H, W) float32 base probabilities; gt, pseudo: (1, H, W) float32 in {0, 1};
@@ -153,10 +175,6 @@ class RefineDataset(Dataset):
         """(H, W) of every map."""
         return self.inputs.shape[1], self.inputs.shape[2]
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draws of ``epoch``."""
-        self.epoch = int(epoch)
-
     def __len__(self) -> int:
         return len(self.inputs)
 
@@ -169,8 +187,7 @@ class RefineDataset(Dataset):
                 m = arr[index]
                 check_binary(m, f"{arr.name} ({arr.path})", start=index)
                 maps.append(m.astype(np.float32, copy=False))
-        if self.augment:
-            maps = apply_augmentation(maps, draw_augmentation(self.seed, self.epoch, index))
+        maps = self.augmented(maps, index)
         item = {"input": torch.from_numpy(maps[0])[None], "gt": torch.from_numpy(maps[-1])[None], "index": index}
         if self.pseudo is not None:
             item["pseudo"] = torch.from_numpy(maps[1])[None]

@@ -10,14 +10,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from data_utils.errors import InputError
 from data_utils.pseudo_labels import patch_pseudo_labels
 from patchrefinenet.maps import MapSource, aligned_masks, as_source, batches, check_same_size, stack
 from patchrefinenet.models.prn import padded_size
-from patchrefinenet.refine.data import apply_augmentation, draw_augmentation
+from patchrefinenet.refine.data import EpochMaps
 from patchrefinenet.selection import Rule, RuleScores, Selection, ThresholdSweep, apply_rule, choose_rule
 from patchrefinenet.training import autocast_context
 
@@ -30,7 +30,7 @@ def cell_size(h: int, w: int, grid: int) -> int:
     return padded_size(h, w, grid)[0] // grid
 
 
-class PairDataset(Dataset):
+class PairDataset(EpochMaps):
     """Training items ``{"input", "pseudo", "gt", "index"}`` ((1, H, W) float32) from paired sources.
 
     Pseudo-labels are computed per map when it is read (the authors' patch-wise optimal threshold,
@@ -43,9 +43,6 @@ class PairDataset(Dataset):
         self.probs, self.masks, self.indices, self.grid = probs, masks, list(indices), grid
         self.augment, self.seed, self.epoch = augment, seed, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def __len__(self) -> int:
         return len(self.indices)
 
@@ -55,8 +52,7 @@ class PairDataset(Dataset):
         prob, gt = self.probs[i], self.masks[i]
         pseudo = patch_pseudo_labels(prob, gt, cell_size(*prob.shape, self.grid)).labels.astype(np.float32)
         maps = [prob, pseudo, gt]
-        if self.augment:
-            maps = apply_augmentation(maps, draw_augmentation(self.seed, self.epoch, i))
+        maps = self.augmented(maps, i)
         return {"input": torch.from_numpy(maps[0])[None], "pseudo": torch.from_numpy(maps[1])[None],
                 "gt": torch.from_numpy(maps[2])[None], "index": i}
 
