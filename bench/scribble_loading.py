@@ -52,6 +52,25 @@ def per_item(fn, n: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
+def scribbled_dataset(kind: str, n: int, root: Path):
+    """A demo dataset of ``n`` train samples (``kind`` scenes, the demo's sizes) under ``root``, with
+    scribbles drawn for its train split; returns (spec, data root)."""
+    from data_utils.spec import spec_to_toml
+    from patchrefinenet.cli import generate_scribbles
+
+    cfg = DemoConfig(kind=kind)
+    dataset = DATASETS[kind]
+    spec = demo_spec(cfg, dataset)
+    data_root = root / "data"
+    write_demo_dataset(data_root, kind, n_train=n, n_val=1, n_test=1, size=cfg.image_size, progress=False)
+    config = root / f"{dataset}.toml"
+    config.write_text(spec_to_toml(spec))
+    generate_scribbles.main(str(REPO / "src" / dataset / "seg-models" / "generate_scribbles.py"),
+                            ["--config", str(config), "--data_root", str(data_root), "--splits", "train",
+                             "--progress", "False"])
+    return spec, data_root
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kind", choices=sorted(DATASETS), default="polyps")
@@ -60,19 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--root", type=Path, default=REPO / "runs" / "bench_scribbles")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
-    from patchrefinenet.cli import generate_scribbles
-
     cfg = DemoConfig(kind=args.kind)
-    dataset = DATASETS[args.kind]
-    spec = demo_spec(cfg, dataset)
-    data_root = args.root / "data"
-    write_demo_dataset(data_root, args.kind, n_train=args.n, n_val=1, n_test=1, size=cfg.image_size, progress=False)
-    config = args.root / f"{dataset}.toml"
-    from data_utils.spec import spec_to_toml
-    config.write_text(spec_to_toml(spec))
-    generate_scribbles.main(str(REPO / "src" / dataset / "seg-models" / "generate_scribbles.py"),
-                            ["--config", str(config), "--data_root", str(data_root), "--splits", "train",
-                             "--progress", "False"])
+    spec, data_root = scribbled_dataset(args.kind, args.n, args.root)
     full = SegmentationSplit(spec, data_root, "train", augment=True)
     weak = SegmentationSplit(spec, data_root, "train", augment=True, scribbles=True)
     paths = [scribble_path(spec, data_root, s) for s in weak.samples]
