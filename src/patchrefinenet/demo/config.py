@@ -45,7 +45,7 @@ class DemoConfig:
     select: float = 0.2            # share of each PRN's labelled maps held out for selection and the guard
     margin: float = 0.005
     # --weak (rloss): the regularised phase's epochs, regularisers, weight grid (chosen on val) and kernel
-    weak_epochs: int = 3
+    weak_epochs: int = 2
     weak_losses: tuple[str, ...] = ("densecrf", "ncut")
     weak_weights: tuple[float, ...] = (0.3, 1.0, 3.0)
     weak_sigma_xy: float | None = None     # pixels of the 128-px input; None: rloss's 100 px at 512, scaled
