@@ -65,6 +65,30 @@ def test_base_model_resumed_halfway_ends_bit_identical(seg_data, tmp_path):
         {k: v for k, v in resumed.items() if k not in ("checkpoint", "last", "history", "log_file")}
 
 
+def test_base_run_status_tells_a_killed_run_from_a_finished_one(seg_data, tmp_path, monkeypatch):
+    """What the demo's stages rely on to continue an interrupted run instead of taking its first epoch's
+    weights for a trained model: None before any epoch, "interrupted" after a kill, "finished" at the end."""
+    from patchrefinenet.seg.train import base_run_status
+
+    spec = tiny_spec()
+    assert base_run_status(tmp_path, MODEL) is None
+    original = Engine.epoch
+
+    def killed_in_the_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(Engine, "epoch", killed_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _base(spec, seg_data, tmp_path, epochs=3)
+    monkeypatch.setattr(Engine, "epoch", original)
+    assert (tmp_path / "checkpoints" / MODEL / f"{MODEL}_weights.th").is_file()  # a best file exists already
+    assert base_run_status(tmp_path, MODEL) == "interrupted"
+    assert _base(spec, seg_data, tmp_path, epochs=3, resume=True)["epochs_run"] == 3
+    assert base_run_status(tmp_path, MODEL) == "finished"
+
+
 def test_base_model_resume_with_a_changed_setting_is_refused_naming_it(seg_data, tmp_path):
     spec = tiny_spec()
     _base(spec, seg_data, tmp_path, epochs=1)

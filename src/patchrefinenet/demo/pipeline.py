@@ -59,15 +59,18 @@ def run_data(cfg: DemoConfig, paths: DemoPaths, progress: bool) -> None:
 
 
 def run_base(cfg: DemoConfig, paths: DemoPaths, spec: DatasetSpec, force: bool, progress: bool) -> None:
-    from patchrefinenet.seg.train import train_base_model
+    from patchrefinenet.seg.train import base_run_status, train_base_model
 
-    weights = layout.RunFolders(paths.seg_root, cfg.base_model).weights
-    if weights.is_file() and not force:
-        log.info("demo: base model already trained (%s); --force retrains", weights)
+    status = None if force else base_run_status(paths.seg_root, cfg.base_model)
+    if status == "finished":
+        log.info("demo: base model already trained (%s); --force retrains",
+                 layout.RunFolders(paths.seg_root, cfg.base_model).weights)
         return
+    if status == "interrupted":
+        log.info("demo: continuing the interrupted base-model run")
     train_base_model(spec, cfg.base_model, data_root=paths.data_root, output_root=paths.seg_root, seed=cfg.seed,
                      device=cfg.device, pretrained=False, model_kwargs=base_model_kwargs(cfg), progress=progress,
-                     resume=False, overwrite=force)
+                     resume=status == "interrupted", overwrite=force)
 
 
 def run_arrays(cfg: DemoConfig, paths: DemoPaths, spec: DatasetSpec, force: bool, progress: bool) -> None:

@@ -98,16 +98,19 @@ class _WeakRun:
     def weights(self, name: str) -> Path:
         return layout.RunFolders(self.folder(name), self.cfg.base_model).weights
 
-    def train(self, name: str, supervision, **kw) -> None:
-        from patchrefinenet.seg.train import train_base_model
+    def train(self, name: str, supervision, init_weights: Path | None = None, epochs: int | None = None) -> None:
+        """Train ``name`` (skipped when finished, continued when interrupted, redone with ``force``)."""
+        from patchrefinenet.seg.train import base_run_status, train_base_model
 
-        if self.weights(name).is_file() and not self.force:
+        status = None if self.force else base_run_status(self.folder(name), self.cfg.base_model)
+        if status == "finished":
             log.info("demo (weak): %s already trained (%s)", name, self.weights(name))
             return
         cfg = self.cfg
+        start = {"resume": True} if status == "interrupted" else {"init_weights": init_weights, "overwrite": True}
         train_base_model(self.spec, cfg.base_model, data_root=self.paths.data_root, output_root=self.folder(name),
                          seed=cfg.seed, device=cfg.device, pretrained=False, model_kwargs=base_model_kwargs(cfg),
-                         supervision=supervision, progress=self.progress, overwrite=True, **kw)
+                         supervision=supervision, progress=self.progress, epochs=epochs, **start)
 
     def arrays(self, name: str) -> Path:
         """The model's val and test probability maps (written once), in the layout's file names."""

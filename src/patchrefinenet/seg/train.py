@@ -60,7 +60,7 @@ from data_utils.errors import InputError
 from data_utils.io import write_text_atomic
 from data_utils.layout import RunFolders
 from data_utils.spec import DatasetSpec
-from patchrefinenet.checkpoint import load_weights_strict
+from patchrefinenet.checkpoint import load_checkpoint, load_weights_strict
 from patchrefinenet.engine import (Engine, Family, Recipe, StepOutput, full_precision, read_resume_file,
                                    refuse_changes, refuse_overwrite, remove_leftovers, setting_changes)
 from patchrefinenet.models import BASE_MODELS, build_base_model, init_imagenet_backbone
@@ -84,6 +84,19 @@ class BaseRunPaths(RunFolders):
 
     def train_log(self, stamp: str) -> Path:
         return self.log_dir / f"{self.name}_log_{stamp}.log"  # the base scripts' name
+
+
+def base_run_status(output_root: str | os.PathLike, model_name: str) -> str | None:
+    """How the base-model run under ``output_root`` stands: None (no epoch completed), ``"interrupted"``
+    (continue it with ``resume=True``) or ``"finished"`` (it stopped, or ran all its epochs)."""
+    paths = BaseRunPaths(Path(output_root), model_name)
+    if not paths.last.is_file():
+        return None
+    ck = load_checkpoint(paths.last)
+    state, config = ck.training_state or {}, ck.config or {}
+    max_epochs = config.get("dataset", {}).get("train", {}).get("max_epochs")
+    done = state.get("stopped") is not None or (max_epochs is not None and state.get("epoch", 0) >= max_epochs)
+    return "finished" if done else "interrupted"
 
 
 # --------------------------------------------------------------------------- the objective
