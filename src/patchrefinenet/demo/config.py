@@ -51,6 +51,7 @@ class DemoConfig:
     weak_sigma_xy: float | None = None     # pixels of the 128-px input; None: rloss's 100 px at 512, scaled
     weak_sigma_rgb: float = 15.0
     weak_balanced_pce: bool = True         # per-class pCE means (docs/rloss.md §L6.1); rloss: plain pCE
+    weak_prn_epochs: int = 10              # the refiner on the best weak base (the branch's 15-minute budget)
     seed: int = 0
     device: str = "auto"
 
@@ -59,7 +60,7 @@ class DemoConfig:
         """A tiny configuration that runs end to end in about a minute (used by the tests)."""
         small = dict(n_train=24, n_val=12, n_test=8, image_size=64, input_size=64, base_model="resunetplusplus",
                      base_width=4, base_epochs=2, base_batch_size=4, patch_size=16, prn_width=4, prn_epochs=2,
-                     weak_epochs=1, weak_weights=(1.0,))
+                     weak_epochs=1, weak_weights=(1.0,), weak_prn_epochs=2)
         return cls(**{**small, **overrides})
 
     @classmethod

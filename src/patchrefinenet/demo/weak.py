@@ -14,8 +14,9 @@ On the demo's training distribution (the ``data`` stage's train / val / test spl
    as rloss selects its models), the same rule for every loss;
 5. scores each kept model on the test split at threshold 0.5, with the share of the pCE → full
    gap each closes;
-6. fits a refiner (:meth:`patchrefinenet.Refiner.fit`, the demo's PRN settings, held-out selection
-   and guard) on the val maps of the best weakly-supervised base and scores it on the same test maps.
+6. fits a refiner (:meth:`patchrefinenet.Refiner.fit`, the demo's PRN settings with at most
+   ``weak_prn_epochs`` epochs, held-out selection and guard) on the val maps of the best
+   weakly-supervised base and scores it on the same test maps.
 
 Everything lives under ``<demo root>/weak/``: one folder per trained model (``seg-models`` layout:
 checkpoints, logs, history) with its probability maps in ``arrays/``, ``prn.pt`` and
@@ -150,7 +151,7 @@ class _WeakRun:
         test_prob, test_gt = (np.asarray(open_maps(p, "weak test maps")) for p in layout.array_paths(arrays, "test"))
         if self.force or not target.is_file():
             refiner = Refiner.fit(val_prob, val_gt, patch_size=cfg.patch_size, select=cfg.select, margin=cfg.margin,
-                                  width=cfg.prn_width, epochs=cfg.prn_epochs, lr=cfg.prn_lr,
+                                  width=cfg.prn_width, epochs=cfg.weak_prn_epochs, lr=cfg.prn_lr,
                                   residual=cfg.prn_residual, seed=cfg.seed, device=cfg.device,
                                   progress=self.progress)
             refiner.save(target, overwrite=True)  # the demo's own file under its root
