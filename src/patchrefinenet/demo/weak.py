@@ -210,8 +210,8 @@ def run_weak(cfg: DemoConfig, paths: DemoPaths, *, force: bool = False, progress
                              f"{weights})"})
         if chosen["val"]["pooled_iou"] > best["val"]["pooled_iou"]:
             best = chosen
+    gap = full["test"]["pooled_iou"] - pce["test"]["pooled_iou"]
     for row in rows[1:]:
-        gap = full["test"]["pooled_iou"] - pce["test"]["pooled_iou"]
         row["gap_closed"] = (row["pooled_iou"] - pce["test"]["pooled_iou"]) / gap if gap > 0 else None
     prn = run.prn(Path(best["arrays"]))
     rows.append({"id": "prn_on_weak", "method": f"PRN on the best weak base ({best['name']}, by val IoU)",

@@ -325,10 +325,14 @@ class RegularizedLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"reg={self.reg_name!r}, weight={self.weight:g}, ignore_index={self.ignore_index}"
 
+    def partial(self, prob: Tensor, scribble: Tensor) -> Tensor:
+        """The pCE term alone, with this loss's settings (e.g. the pCE phase of rloss's two-phase recipe)."""
+        return partial_cross_entropy(prob, scribble, ignore_index=self.ignore_index, batch_average=self.batch_average,
+                                     class_balanced=self.class_balanced)
+
     def forward(self, prob: Tensor, scribble: Tensor, image: Tensor | None,
                 roi: Tensor | None = None) -> dict[str, Tensor]:
-        pce = partial_cross_entropy(prob, scribble, ignore_index=self.ignore_index, batch_average=self.batch_average,
-                                    class_balanced=self.class_balanced)
+        pce = self.partial(prob, scribble)
         if self.weight == 0.0 or self.reg_name == "none":
             reg = pce.new_zeros(())
         else:

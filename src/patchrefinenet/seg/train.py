@@ -64,7 +64,7 @@ from patchrefinenet.checkpoint import load_checkpoint, load_weights_strict
 from patchrefinenet.engine import (Engine, Family, Recipe, StepOutput, full_precision, read_resume_file,
                                    refuse_changes, refuse_overwrite, remove_leftovers, setting_changes)
 from patchrefinenet.models import BASE_MODELS, build_base_model, init_imagenet_backbone
-from patchrefinenet.rloss import REGULARIZERS, RegularizedLoss, default_weight, partial_cross_entropy
+from patchrefinenet.rloss import REGULARIZERS, RegularizedLoss, default_weight
 from patchrefinenet.seg.config import RUN_FIELDS, SUPERVISION_MODES, SegTrainConfig
 from patchrefinenet.seg.generate import checkpoint_model_kwargs, find_base_checkpoint, read_base_checkpoint
 from patchrefinenet.seg_losses import build_seg_loss
@@ -235,7 +235,6 @@ class ScribbleSupervision:
     def __init__(self, settings: Supervision):
         self.loss_fn = RegularizedLoss(settings.reg_loss, settings.reg_weight, class_balanced=settings.balanced_pce,
                                        **settings.reg_params())
-        self.balanced = settings.balanced_pce
         self.regularize = True
 
     def __call__(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
@@ -246,7 +245,7 @@ class ScribbleSupervision:
                 out = self.loss_fn(p, batch["scribble"], batch["rgb"], batch.get("roi"))
                 loss, pce, reg = out["loss"], out["pce"], out["reg"]
             else:
-                pce = partial_cross_entropy(p, batch["scribble"], class_balanced=self.balanced)
+                pce = self.loss_fn.partial(p, batch["scribble"])
                 loss, reg = pce, pce.new_zeros(())
             return StepOutput(loss + aux.float(), prob, {"pce": pce, "reg": reg})
 
