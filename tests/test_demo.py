@@ -14,6 +14,7 @@ import pytest
 
 from patchrefinenet import Refiner
 from patchrefinenet.demo import pipeline
+from patchrefinenet.demo.config import DemoConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +60,8 @@ def test_fast_demo_writes_every_artifact_with_valid_metrics(fast_demo):
     for scenario in ("shift", "control"):
         refiner = Refiner.load(root / f"prn-{scenario}.pt")
         assert refiner.selection is not None and refiner.selection.n_maps >= 1
+        # fitted with the demo's PRN settings (prn_fit_options), e.g. several maps per step, not the authors' 1
+        assert refiner.train_config["batch_size"] == DemoConfig.fast().prn_batch_size > 1
 
     # the report: rows with ids, both scenarios, Markdown + JSON, two figures
     ids = [r["id"] for r in report["rows"]]

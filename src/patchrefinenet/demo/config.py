@@ -41,6 +41,7 @@ class DemoConfig:
     prn_width: int = 8
     prn_epochs: int = 20
     prn_lr: float = 8e-4
+    prn_batch_size: int = 4        # maps per PRN step; the authors: 1 (docs/refiner.md, "Batch size")
     prn_residual: bool = True      # PRN heads correct the base logit (see PRNConfig.residual)
     select: float = 0.2            # share of each PRN's labelled maps held out for selection and the guard
     margin: float = 0.005
@@ -112,6 +113,13 @@ def demo_spec(cfg: DemoConfig, dataset: str) -> DatasetSpec:
                                 max_epochs=cfg.base_epochs)
     return dataclasses.replace(spec, base_model=cfg.base_model, input_size=cfg.input_size,
                                prn_size=cfg.input_size, train=train)
+
+
+def prn_fit_options(cfg: DemoConfig) -> dict:
+    """The :meth:`patchrefinenet.Refiner.fit` options every refiner of the demo shares (all but ``epochs``)."""
+    return dict(patch_size=cfg.patch_size, select=cfg.select, margin=cfg.margin, width=cfg.prn_width,
+                lr=cfg.prn_lr, batch_size=cfg.prn_batch_size, residual=cfg.prn_residual, seed=cfg.seed,
+                device=cfg.device)
 
 
 def base_model_kwargs(cfg: DemoConfig) -> dict | None:

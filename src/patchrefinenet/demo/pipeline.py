@@ -43,7 +43,8 @@ from data_utils.spec import DatasetSpec, spec_to_toml
 from data_utils.synthetic import DATASETS, write_demo_dataset
 from patchrefinenet.cli.common import (add_threads_argument, cli_entry, configure_cli_threads, keep_log_file, repo_root,
                                        setup_logging)
-from patchrefinenet.demo.config import SCENARIOS, DemoConfig, DemoPaths, base_model_kwargs, demo_spec
+from patchrefinenet.demo.config import (SCENARIOS, DemoConfig, DemoPaths, base_model_kwargs, demo_spec,
+                                        prn_fit_options)
 
 log = logging.getLogger("patchrefinenet")
 
@@ -97,9 +98,7 @@ def run_prn(cfg: DemoConfig, paths: DemoPaths, force: bool, progress: bool) -> N
         probs = open_maps(prob_path, f"{scenario} val probabilities")
         masks = open_maps(mask_path, f"{scenario} val masks")
         log.info("demo: fitting the %s refiner on %d labelled maps", scenario, len(probs))
-        refiner = Refiner.fit(probs, masks, patch_size=cfg.patch_size, select=cfg.select, margin=cfg.margin,
-                              width=cfg.prn_width, epochs=cfg.prn_epochs, lr=cfg.prn_lr, residual=cfg.prn_residual,
-                              seed=cfg.seed, device=cfg.device, progress=progress)
+        refiner = Refiner.fit(probs, masks, epochs=cfg.prn_epochs, progress=progress, **prn_fit_options(cfg))
         refiner.save(target, overwrite=True)  # the demo's own file under its root (--force asked for it)
 
 

@@ -163,7 +163,8 @@ def _markdown(rows: list[dict], cfg: DemoConfig, extras: dict, goals: dict) -> s
     n_test = len(extras["shift"]["test_prob"])
     lines = [f"Demo results ({cfg.kind}, {cfg.input_size}×{cfg.input_size} maps, base model {cfg.base_model} "
              f"trained on {cfg.n_train} source scenes for at most {cfg.base_epochs} epochs, seed {cfg.seed}). "
-             f"Each PRN (width {cfg.prn_width}, {cfg.patch_size}-px patches, at most {cfg.prn_epochs} epochs) is fitted "
+             f"Each PRN (width {cfg.prn_width}, {cfg.patch_size}-px patches, {cfg.prn_batch_size} maps per step, at most "
+             f"{cfg.prn_epochs} epochs) is fitted "
              f"on {cfg.n_val} labelled maps of its scenario, {round(100 * cfg.select)} % of them held out for selection; "
              f"all scores are on {n_test} further test maps. *shift*: deployment scenes under '{cfg.shift}'; "
              "*control*: scenes of the training distribution.", "",

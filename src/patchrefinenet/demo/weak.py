@@ -39,7 +39,7 @@ from data_utils.io import write_text_atomic
 from data_utils.scribbles import UNLABELLED, read_scribble
 from data_utils.spec import load_dataset_spec
 from patchrefinenet.cli.generate_scribbles import draw_scribbles, scribbles_current
-from patchrefinenet.demo.config import DemoConfig, DemoPaths, base_model_kwargs
+from patchrefinenet.demo.config import DemoConfig, DemoPaths, base_model_kwargs, prn_fit_options
 from patchrefinenet.metrics import SegmentationMeter
 
 log = logging.getLogger("patchrefinenet")
@@ -150,10 +150,8 @@ class _WeakRun:
         val_prob, val_gt = (open_maps(p, "weak val maps") for p in layout.array_paths(arrays, "val"))
         test_prob, test_gt = (np.asarray(open_maps(p, "weak test maps")) for p in layout.array_paths(arrays, "test"))
         if self.force or not target.is_file():
-            refiner = Refiner.fit(val_prob, val_gt, patch_size=cfg.patch_size, select=cfg.select, margin=cfg.margin,
-                                  width=cfg.prn_width, epochs=cfg.weak_prn_epochs, lr=cfg.prn_lr,
-                                  residual=cfg.prn_residual, seed=cfg.seed, device=cfg.device,
-                                  progress=self.progress)
+            refiner = Refiner.fit(val_prob, val_gt, epochs=cfg.weak_prn_epochs, progress=self.progress,
+                                  **prn_fit_options(cfg))
             refiner.save(target, overwrite=True)  # the demo's own file under its root
         refiner = Refiner.load(target, device="cpu")
         out = refiner.refine(test_prob, thresholds=False)
