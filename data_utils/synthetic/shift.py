@@ -7,8 +7,9 @@ deployment version with degradations the training scenes do not contain:
 - ``"haze"``: a patchy veil (a smooth random field pushed through a soft step, so about half of
   the image lies under it) that blends up to ``0.6·strength`` of a pale haze colour into the image
   and washes out its contrast, plus a dimmed region (gain down to ``1 − 0.45·strength``) and a
-  sensor colour cast. Under the veil a road or polyp is faint and the base model's probabilities
-  drop; elsewhere the image is nearly unchanged.
+  sensor colour cast. Under the veil a road or polyp is faint; elsewhere the image is nearly
+  unchanged. What the base model makes of it is measured, not designed: the demo's polyp model
+  calls much of the pale veil polyp (README, the demo's results).
 
 The shift is a pure function of the image and the generator state (deterministic for a seed).
 """
