@@ -314,7 +314,6 @@ def init_distributed(device: torch.device) -> DistInfo:
     returned. Calling it again inside an initialised group just reports the group.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world_size <= 1:
         return DistInfo(0, 1, 0, True, device)
