@@ -204,6 +204,18 @@ def test_partial_cross_entropy_by_hand():
     assert partial_cross_entropy(three, torch.tensor([[[2, 255]]])).item() == pytest.approx(-math.log(0.5), rel=1e-6)
 
 
+def test_partial_cross_entropy_rejects_unknown_labels_unless_told_not_to_look():
+    prob = torch.full((1, 1, 2, 2), 0.8)
+    wrong = torch.tensor([[[1, 3], [255, 7]]])  # binary: only 0, 1 and 255 (unlabelled) are labels
+    with pytest.raises(InputError, match=r"\[3, 7\] outside 0\.\.1"):
+        partial_cross_entropy(prob, wrong)  # CPU labels: checked by default
+    with pytest.raises(InputError, match="outside"):
+        RegularizedLoss("none", 0.0).partial(prob, wrong)
+    # check_values=False (a training engine whose reader validated the scribbles): no look, no host sync
+    assert math.isfinite(partial_cross_entropy(prob, wrong, check_values=False).item())
+    assert math.isfinite(RegularizedLoss("none", 0.0, check_values=False).partial(prob, wrong).item())
+
+
 def test_class_balanced_partial_cross_entropy_averages_the_per_class_means():
     """Three background pixels and one foreground pixel: balanced weighs the two classes alike."""
     prob = torch.tensor([[[[0.9, 0.6], [0.3, 0.2]]]])

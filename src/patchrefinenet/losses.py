@@ -20,6 +20,14 @@ from torch import nn
 from data_utils.errors import InputError
 
 
+def should_check_values(x: torch.Tensor, check_values: bool | None) -> bool:
+    """The value-check policy of the module docstring: True always, False never, None only for CPU
+    tensors (no host-device sync). Never while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return False
+    return x.device.type == "cpu" if check_values is None else bool(check_values)
+
+
 def _as_float(pred: torch.Tensor, target: torch.Tensor, what: str,
               check_values: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Check a (prediction, target) pair and cast both to at least float32 (values: see the module doc)."""
@@ -32,7 +40,7 @@ def _as_float(pred: torch.Tensor, target: torch.Tensor, what: str,
         raise InputError(f"{what}: expected (B, 1, H, W) maps, got {tuple(pred.shape)}")
     dtype = torch.promote_types(pred.dtype, torch.float32) if pred.is_floating_point() else torch.float32
     pred, target = pred.to(dtype), target.to(dtype)
-    if torch.compiler.is_compiling() or not (pred.device.type == "cpu" if check_values is None else check_values):
+    if not should_check_values(pred, check_values):
         return pred, target
     for name, t in (("prediction", pred), ("target", target)):
         lo, hi = torch.aminmax(t.detach())

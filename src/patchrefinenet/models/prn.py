@@ -20,6 +20,7 @@ from torch import nn
 
 from data_utils.errors import InputError
 from patchrefinenet.checkpoint import LoadedCheckpoint, clean_state_dict, load_checkpoint, load_weights_strict
+from patchrefinenet.losses import should_check_values
 from patchrefinenet.models.prn_blocks import (
     Decoder, Encoder, PatchBatchNorm2d, ResidualBlock, batch_statistics, set_batch_statistics,
 )
@@ -164,17 +165,10 @@ def check_prn_input(x: Any, in_channels: int = 1, check_values: bool | None = Tr
         raise InputError(f"PRN input must be {valid}, got dtype {x.dtype} (convert with x.float(), scaling 0..255 masks to 0..1)")
     if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
         raise InputError(f"PRN input must be {valid} with B, H, W >= 1, got shape {tuple(x.shape)}")
-    if not _should_check_values(x, check_values):
+    if not should_check_values(x, check_values):
         return
     if not bool(torch.isfinite(x).all()):
         raise InputError("PRN input contains NaN or Inf values; it must be the base model's finite probability map")
-
-
-def _should_check_values(x: torch.Tensor, check_values: bool | None) -> bool:
-    """True: always; False: never; None: only CPU tensors (no device sync). Never inside torch.compile."""
-    if torch.compiler.is_compiling():
-        return False
-    return x.device.type == "cpu" if check_values is None else bool(check_values)
 
 
 class PRN(nn.Module):

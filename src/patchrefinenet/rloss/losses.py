@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data_utils.errors import InputError
+from patchrefinenet.losses import should_check_values
 from patchrefinenet.rloss.dense import DenseGaussianFilter
 from patchrefinenet.rloss.lattice import PermutohedralLattice, bilateral_features, check_sigma
 
@@ -264,7 +265,8 @@ def default_weight(name: str, mode: str = "normalized") -> float:
 
 
 def partial_cross_entropy(prob: Tensor, scribble: Tensor, *, ignore_index: int = 255,
-                          batch_average: bool = False, class_balanced: bool = False, eps: float = 1e-7) -> Tensor:
+                          batch_average: bool = False, class_balanced: bool = False, eps: float = 1e-7,
+                          check_values: bool | None = None) -> Tensor:
     """Cross-entropy on labelled pixels only, from probabilities.
 
     ``prob``: (B, K, H, W) class probabilities or a (B, 1, H, W) / (B, H, W) foreground map;
@@ -273,7 +275,9 @@ def partial_cross_entropy(prob: Tensor, scribble: Tensor, *, ignore_index: int =
     none are labelled. ``batch_average=True`` divides once more by B, as rloss does.
     ``class_balanced=True`` (not in rloss, docs/rloss.md §L6.1) averages the per-class means over
     the classes labelled in the batch, so a class with few scribbled pixels weighs as much as one
-    with many.
+    with many. ``check_values``: whether labels outside 0..K−1 (other than ``ignore_index``) are
+    looked for — True always, False never, None (default) only in a CPU ``scribble``, since on a
+    GPU the look is a host-device sync per call (:func:`patchrefinenet.losses.should_check_values`).
     """
     prob = as_class_probabilities(prob)
     B, K, H, W = prob.shape
@@ -284,12 +288,14 @@ def partial_cross_entropy(prob: Tensor, scribble: Tensor, *, ignore_index: int =
     if scribble.is_floating_point():
         raise InputError(f"scribble must hold integer labels (0..{K - 1}, {ignore_index} = unlabelled), "
                          f"got {scribble.dtype}")
+    if should_check_values(scribble, check_values):
+        raw = scribble.long()
+        bad = (raw != ignore_index) & ((raw < 0) | (raw >= K))
+        if bool(bad.any()):
+            values = torch.unique(raw[bad])[:10].tolist()
+            raise InputError(f"scribble holds labels {values} outside 0..{K - 1} (and {ignore_index} = unlabelled)")
     labels = scribble.to(device=prob.device, dtype=torch.long)
     labelled = labels != ignore_index
-    bad = labelled & ((labels < 0) | (labels >= K))
-    if bool(bad.any()):
-        values = torch.unique(labels[bad])[:10].tolist()
-        raise InputError(f"scribble holds labels {values} outside 0..{K - 1} (and {ignore_index} = unlabelled)")
     picked = prob.gather(1, labels.clamp(0, K - 1).unsqueeze(1))[:, 0]  # (B, H, W)
     nll = -torch.log(picked.clamp_min(eps)) * labelled
     if class_balanced:
@@ -309,11 +315,12 @@ class RegularizedLoss(nn.Module):
     returns ``{"loss", "pce", "reg"}`` (``reg`` unweighted). ``params`` go to the regulariser
     (e.g. ``sigma_rgb``, ``sigma_xy``, ``scale``, ``mode``, ``backend``; ``lower``/``upper`` for
     size); ``weight=None`` takes :func:`default_weight`. ``image`` is RGB in [0, 255].
-    ``class_balanced`` goes to :func:`partial_cross_entropy`.
+    ``class_balanced`` and ``check_values`` go to :func:`partial_cross_entropy`.
     """
 
     def __init__(self, reg: str = "densecrf", weight: float | None = None, *, ignore_index: int = 255,
-                 batch_average: bool = False, class_balanced: bool = False, **params):
+                 batch_average: bool = False, class_balanced: bool = False, check_values: bool | None = None,
+                 **params):
         super().__init__()
         self.regularizer = build_regularizer(reg, **params)
         self.reg_name = reg
@@ -321,6 +328,7 @@ class RegularizedLoss(nn.Module):
         self.ignore_index = ignore_index
         self.batch_average = batch_average
         self.class_balanced = class_balanced
+        self.check_values = check_values
 
     def extra_repr(self) -> str:
         return f"reg={self.reg_name!r}, weight={self.weight:g}, ignore_index={self.ignore_index}"
@@ -328,7 +336,7 @@ class RegularizedLoss(nn.Module):
     def partial(self, prob: Tensor, scribble: Tensor) -> Tensor:
         """The pCE term alone, with this loss's settings (e.g. the pCE phase of rloss's two-phase recipe)."""
         return partial_cross_entropy(prob, scribble, ignore_index=self.ignore_index, batch_average=self.batch_average,
-                                     class_balanced=self.class_balanced)
+                                     class_balanced=self.class_balanced, check_values=self.check_values)
 
     def forward(self, prob: Tensor, scribble: Tensor, image: Tensor | None,
                 roi: Tensor | None = None) -> dict[str, Tensor]:

@@ -233,8 +233,9 @@ class ScribbleSupervision:
     """
 
     def __init__(self, settings: Supervision):
+        # check_values=False: the scribble reader already rejects labels outside {0, 1, 255}; no sync per step
         self.loss_fn = RegularizedLoss(settings.reg_loss, settings.reg_weight, class_balanced=settings.balanced_pce,
-                                       **settings.reg_params())
+                                       check_values=False, **settings.reg_params())
         self.regularize = True
 
     def __call__(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
