@@ -12,13 +12,16 @@ initialisation, augmentation) and the maps per step. For each fit it reports, on
 test maps, the pooled IoU of the shipped output (after selection and the guard), of the best PRN
 rule forced, and what the guard decided, next to the base map at 0.5 and at the best global
 threshold chosen on the labelled maps. The base model is not retrained. Each finished fit is
-kept in ``<root>/bench_demo_seeds.json``, so an interrupted run continues where it stopped, and
-the table lists every fit kept there for the current thread count.
+kept in ``<root>/bench_demo_seeds.json``, keyed by the thread count and a hash of the maps and
+options, so an interrupted run continues where it stopped, a rerun demo is never served stale
+fits, and the table lists every fit kept for the current maps.
 Recorded in bench/RESULTS.md. These are quality numbers, not timings.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -32,6 +35,7 @@ from common import record, table  # noqa: E402
 from data_utils.errors import InputError  # noqa: E402
 from data_utils.io import write_text_atomic  # noqa: E402
 from data_utils.synthetic import DATASETS  # noqa: E402
+from patchrefinenet.cli.common import cli_entry  # noqa: E402
 from patchrefinenet.demo.config import SCENARIOS, DemoConfig, DemoPaths, prn_fit_options  # noqa: E402
 from patchrefinenet.demo.report import scenario_maps  # noqa: E402
 from patchrefinenet.refiner import Refiner  # noqa: E402
@@ -44,7 +48,16 @@ def demo_config(root: Path) -> DemoConfig:
     if not path.is_file():
         raise InputError(f"{path} not found; run the demo first (python demo.py --root {root})")
     saved = json.loads(path.read_text())
-    return DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    known = {f.name for f in dataclasses.fields(DemoConfig)}
+    return DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known})
+
+
+def fingerprint(cfg: DemoConfig, maps: dict[str, np.ndarray]) -> str:
+    """A short hash of the refiner options and the scenario's maps: a kept fit is reused only for both."""
+    h = hashlib.sha1(json.dumps({**prn_fit_options(cfg), "epochs": cfg.prn_epochs}, sort_keys=True).encode())
+    for name in sorted(maps):
+        h.update(np.ascontiguousarray(maps[name]).tobytes())
+    return h.hexdigest()[:12]
 
 
 def pooled_iou(refiner: Refiner, prob: np.ndarray, gt: np.ndarray) -> float:
@@ -98,6 +111,7 @@ def report(cfg: DemoConfig, done: dict, base: dict) -> str:
             f"torch threads {torch.get_num_threads()}.")
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Refit the demo's refiners with other seeds and batch sizes "
                                             "on the base maps of a finished demo run.")
@@ -114,21 +128,28 @@ def main(argv: list[str] | None = None) -> None:
     paths = DemoPaths(args.root.resolve(), DATASETS[cfg.kind])
     cache = args.root / "bench_demo_seeds.json"
     done = json.loads(cache.read_text()) if cache.is_file() else {}
+    threads = torch.get_num_threads()
     for scenario in args.scenarios:
         maps = scenario_maps(paths, cfg.base_model, scenario)
+        tag = fingerprint(cfg, maps)
         for batch_size in args.batch_sizes:
             for seed in args.seeds:
-                key = f"{scenario}/{batch_size}/{seed}/{torch.get_num_threads()}"
+                key = f"{scenario}/{batch_size}/{seed}/{threads}/{tag}"
                 if key not in done:
                     done[key] = {"scenario": scenario, **fit_once(cfg, maps, seed, batch_size)}
                     write_text_atomic(cache, json.dumps(done, indent=2) + "\n")
                 r = done[key]
                 print(f"{scenario} batch {batch_size} seed {seed}: shipped {r['shipped']:.4f} ({r['rule']}), "
                       f"forced {r['forced']:.4f}", flush=True)
-    # every fit kept for this thread count, so separate runs (e.g. per scenario) add up in one table
-    kept = {k: v for k, v in done.items() if k.endswith(f"/{torch.get_num_threads()}")}
-    base = {s: baselines(scenario_maps(paths, cfg.base_model, s)) for s in SCENARIOS
-            if any(v["scenario"] == s for v in kept.values())}
+    # every fit kept for these maps, options and thread count, so separate runs add up in one table
+    kept, base = {}, {}
+    for scenario in SCENARIOS:
+        maps = scenario_maps(paths, cfg.base_model, scenario)
+        suffix = f"/{threads}/{fingerprint(cfg, maps)}"
+        mine = {k: v for k, v in done.items() if k.startswith(scenario + "/") and k.endswith(suffix)}
+        if mine:
+            kept.update(mine)
+            base[scenario] = baselines(maps)
     body = report(cfg, kept, base)
     print(body)
     if not args.no_record:
