@@ -37,7 +37,7 @@ from data_utils.io import write_text_atomic  # noqa: E402
 from data_utils.synthetic import DATASETS  # noqa: E402
 from patchrefinenet.cli.common import cli_entry  # noqa: E402
 from patchrefinenet.demo.config import SCENARIOS, DemoConfig, DemoPaths, prn_fit_options  # noqa: E402
-from patchrefinenet.demo.report import scenario_maps  # noqa: E402
+from patchrefinenet.demo.report import best_global_threshold, scenario_maps  # noqa: E402
 from patchrefinenet.refiner import Refiner  # noqa: E402
 from patchrefinenet.selection import ThresholdSweep  # noqa: E402
 
@@ -77,11 +77,10 @@ def fit_once(cfg: DemoConfig, maps: dict[str, np.ndarray], seed: int, batch_size
 
 
 def baselines(maps: dict[str, np.ndarray]) -> dict[str, float]:
-    """base@0.5 and the best global threshold (chosen on the labelled maps), on the test maps."""
-    val, test = ThresholdSweep(), ThresholdSweep()
-    val.update(torch.from_numpy(maps["val_prob"]), torch.from_numpy(maps["val_gt"]))
+    """base@0.5 and the best global threshold (chosen on the labelled maps, as the demo), on the test maps."""
+    tau, _ = best_global_threshold(maps)
+    test = ThresholdSweep()
     test.update(torch.from_numpy(maps["test_prob"]), torch.from_numpy(maps["test_gt"]))
-    tau, _ = val.best()
     return {"base@0.5": test.score_at(0.5), "best_global": test.score_at(tau), "tau": tau}
 
 
@@ -129,23 +128,19 @@ def main(argv: list[str] | None = None) -> None:
     cache = args.root / "bench_demo_seeds.json"
     done = json.loads(cache.read_text()) if cache.is_file() else {}
     threads = torch.get_num_threads()
-    for scenario in args.scenarios:
+    kept, base = {}, {}  # every fit kept for these maps, options and threads: separate runs add up in one table
+    for scenario in SCENARIOS:
         maps = scenario_maps(paths, cfg.base_model, scenario)
-        tag = fingerprint(cfg, maps)
-        for batch_size in args.batch_sizes:
+        suffix = f"/{threads}/{fingerprint(cfg, maps)}"
+        for batch_size in args.batch_sizes if scenario in args.scenarios else ():
             for seed in args.seeds:
-                key = f"{scenario}/{batch_size}/{seed}/{threads}/{tag}"
+                key = f"{scenario}/{batch_size}/{seed}{suffix}"
                 if key not in done:
                     done[key] = {"scenario": scenario, **fit_once(cfg, maps, seed, batch_size)}
                     write_text_atomic(cache, json.dumps(done, indent=2) + "\n")
                 r = done[key]
                 print(f"{scenario} batch {batch_size} seed {seed}: shipped {r['shipped']:.4f} ({r['rule']}), "
                       f"forced {r['forced']:.4f}", flush=True)
-    # every fit kept for these maps, options and thread count, so separate runs add up in one table
-    kept, base = {}, {}
-    for scenario in SCENARIOS:
-        maps = scenario_maps(paths, cfg.base_model, scenario)
-        suffix = f"/{threads}/{fingerprint(cfg, maps)}"
         mine = {k: v for k, v in done.items() if k.startswith(scenario + "/") and k.endswith(suffix)}
         if mine:
             kept.update(mine)

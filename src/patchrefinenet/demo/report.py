@@ -56,6 +56,13 @@ def _scores(prob: np.ndarray, mask: np.ndarray, gt: np.ndarray) -> dict[str, flo
     return {**{k: float(v) for k, v in seg.compute().items() if k in METRICS}, **cal.compute()}
 
 
+def best_global_threshold(maps: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(τ, pooled IoU) of the one threshold that maximises pooled IoU on a scenario's labelled (val) maps."""
+    sweep = ThresholdSweep()
+    sweep.update(torch.from_numpy(maps["val_prob"]), torch.from_numpy(maps["val_gt"]))
+    return sweep.best()
+
+
 def scenario_rows(cfg: DemoConfig, paths: DemoPaths, scenario: str) -> tuple[list[dict], dict]:
     """The rows of one scenario and the extras the figures need."""
     maps = scenario_maps(paths, cfg.base_model, scenario)
@@ -66,9 +73,7 @@ def scenario_rows(cfg: DemoConfig, paths: DemoPaths, scenario: str) -> tuple[lis
         rows.append({"id": row_id, "method": method, **_scores(prob, mask, test_gt), "note": note})
 
     add("base@0.5", "Base model, threshold 0.5", test_prob, test_prob > 0.5)
-    sweep = ThresholdSweep()
-    sweep.update(torch.from_numpy(maps["val_prob"]), torch.from_numpy(maps["val_gt"]))
-    tau, val_score = sweep.best()
+    tau, val_score = best_global_threshold(maps)
     add("best_global", "Base model, best global threshold", test_prob, test_prob > tau,
         f"τ = {tau:.2f}, chosen on the {len(maps['val_prob'])} labelled maps (pooled IoU {val_score:.4f} there)")
 

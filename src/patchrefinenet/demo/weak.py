@@ -154,10 +154,7 @@ class _WeakRun:
                                   **prn_fit_options(cfg))
             refiner.save(target, overwrite=True)  # the demo's own file under its root
         refiner = Refiner.load(target, device="cpu")
-        out = refiner.refine(test_prob, thresholds=False)
-        meter = SegmentationMeter()
-        meter.update(np.asarray(out.mask, dtype=np.float32), test_gt)
-        scores = {k: float(v) for k, v in meter.compute().items() if k in METRICS}
+        scores = {k: float(v) for k, v in refiner.evaluate(test_prob, test_gt)["refined"].items() if k in METRICS}
         fell_back = refiner.selection is not None and refiner.selection.fell_back
         return {**scores, "note": f"rule {refiner.rule.name}" + (" (guard: base map at its best global threshold)"
                                                                   if fell_back else "")}
